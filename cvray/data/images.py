@@ -1,0 +1,94 @@
+"""Robust decoding of arbitrary user images into RGB, and resizing for the networks.
+
+Plain Pillow + torch; no Ray. Every failure is a DataError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cvray import storage
+from cvray.errors import DataError
+
+# Pillow's decompression-bomb guard stays on, at a limit that still admits large photos
+# (about 32k x 32k); anything larger is refused before decoding.
+Image.MAX_IMAGE_PIXELS = 1 << 30
+
+
+def decode_image(data: bytes, *, max_side: int | None = None, name: str = "image") -> Image.Image:
+    """Decode encoded bytes into an RGB PIL image, EXIF orientation applied.
+
+    With `max_side`, the image is shrunk (aspect kept, never enlarged) so its long side is at most
+    `max_side` pixels, using JPEG draft mode first so huge photos never become a full-size array.
+    Raises DataError for empty, truncated, corrupt or non-image data.
+    """
+    if not data:
+        raise DataError(f"{name}: empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if max_side is not None and img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale when possible
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
+    if max_side is not None and max(img.size) > max_side:
+        img = shrink_to_long_side(img, max_side)
+    return img
+
+
+def load_image(path: str, *, max_side: int | None = None) -> Image.Image:
+    """Read and decode a local path or object-store URI (see decode_image)."""
+    return decode_image(storage.read_bytes(path), max_side=max_side, name=str(path))
+
+
+def shrink_to_long_side(img: Image.Image, long_side: int) -> Image.Image:
+    """Resize so the long side is `long_side` pixels (aspect kept, Lanczos)."""
+    w, h = img.size
+    scale = long_side / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(new, Image.LANCZOS, reducing_gap=3.0)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor (3, H, W) in [0, 1]."""
+    array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """float tensor (3, H, W) in [0, 1] (any device) -> RGB PIL image (values clamped)."""
+    array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Alpha is composited on white; 16-bit and float are rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray((array / top * 255).round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        array = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+        return Image.fromarray((array * 255).round().astype(np.uint8)).convert("RGB")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
