@@ -1,0 +1,88 @@
+"""Connecting to Ray and sizing work to the cluster (Ray glue shared by every job)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvray.errors import ClusterError
+
+CVRAY_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    cpus: float
+    gpus: float
+    nodes: int
+    address: str
+
+
+def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
+    """Join a Ray cluster, or start a local one, and describe it.
+
+    address: None -> RAY_ADDRESS if set (what `ray job submit` gives a job), else a local Ray
+    started here (the embedded default); "auto" -> a running local cluster; "HOST:PORT" or
+    "ray://HOST:PORT" -> that cluster. An unreachable address is a ClusterError, not a hang.
+    A Ray already initialised in this process is reused as it is.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs = {"log_to_driver": True, "logging_level": "WARNING" if quiet else "INFO"}
+        if address is None or address == "local":
+            # The dashboard is a web server: only start it when asked (`ray start --head` does).
+            ray.init(include_dashboard=False, **kwargs)
+        else:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, runtime_env=_runtime_env_for_remote(), **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ClusterError(f"cannot connect to Ray at {address}: {_first_line(exc)}{_auth_hint(exc)}") from None
+    resources = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return ClusterInfo(
+        cpus=float(resources.get("CPU", 0.0)), gpus=float(resources.get("GPU", 0.0)),
+        nodes=nodes, address=ray.get_runtime_context().gcs_address,
+    )
+
+
+def _runtime_env_for_remote() -> dict | None:
+    """Make cvray importable on a cluster that doesn't have it installed.
+
+    Inside `ray job submit --working-dir .` the job's working_dir already carries cvray; a
+    driver connecting from elsewhere ships the package itself as a py_module.
+    """
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return None
+    return {"py_modules": [CVRAY_PACKAGE_DIR], "excludes": ["__pycache__"]}
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a wrong HOST:PORT instead of Ray's long reconnect loop."""
+    if address == "auto":
+        return
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+def _auth_hint(exc: BaseException) -> str:
+    text = f"{type(exc).__name__} {exc}".lower()
+    if "auth" in text or "token" in text:
+        return " (this cluster uses token auth: set RAY_AUTH_MODE=token and its token on the client)"
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
