@@ -1,0 +1,112 @@
+"""The plain-PyTorch training engine: model shape and init, sharding, one epoch, evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cvray.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch
+from cvray.models import d2l_resnet18
+
+
+def to_float(images, generator):
+    return images.float().div(255.0)
+
+
+def test_d2l_resnet18_shapes_and_structure():
+    net = d2l_resnet18(num_classes=10)
+    out = net(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    stem = net[0]
+    assert (stem.kernel_size, stem.stride) == ((3, 3), (1, 1))  # CIFAR stem: no 7x7, no max-pool
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    # 4 stages x 2 residual blocks, first stage keeps 64 channels at full resolution
+    features = net[:4](torch.rand(1, 3, 32, 32))
+    assert features.shape == (1, 64, 32, 32)
+    assert net[:7](torch.rand(1, 3, 32, 32)).shape == (1, 512, 4, 4)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(11.17e6, rel=0.01)
+
+
+def test_xavier_init_on_every_conv_and_linear():
+    torch.manual_seed(0)
+    net = d2l_resnet18()
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w = module.weight
+            fan_in = w.shape[1] * w[0, 0].numel()
+            fan_out = w.shape[0] * w[0, 0].numel()
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            assert w.abs().max() <= bound + 1e-6
+            if w.numel() > 1000:  # uniform(-b, b) has std b / sqrt(3)
+                assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4])
+def test_shards_are_disjoint_equal_and_cover_the_data(num_shards):
+    n = 103
+    shards = [shard_indices(n, num_shards, s, seed=7, epoch=1) for s in range(num_shards)]
+    seen = torch.cat(shards)
+    assert len(set(seen.tolist())) == seen.numel()  # disjoint
+    assert {len(s) for s in shards} == {n // num_shards}  # equal: same step count per worker
+    assert n - seen.numel() < num_shards  # only the remainder sits out
+    assert set(seen.tolist()) <= set(range(n))
+
+
+def test_shards_reshuffle_every_epoch_and_depend_on_seed():
+    a1 = shard_indices(100, 2, 0, seed=0, epoch=1)
+    a2 = shard_indices(100, 2, 0, seed=0, epoch=2)
+    b1 = shard_indices(100, 2, 0, seed=1, epoch=1)
+    assert not torch.equal(a1, a2)
+    assert not torch.equal(a1, b1)
+    assert torch.equal(a1, shard_indices(100, 2, 0, seed=0, epoch=1))  # every worker computes the same
+
+
+def colour_dataset(n: int = 96, seed: int = 0) -> DeviceDataset:
+    """Images whose class is their dominant colour channel: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    images = torch.randint(0, 60, (n, 3, 8, 8), generator=g, dtype=torch.uint8)
+    images[torch.arange(n), labels] += 180
+    return DeviceDataset(images, labels)
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def test_train_one_epoch_learns_and_counts():
+    data = colour_dataset()
+    net = small_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    losses = []
+    for epoch in range(1, 9):
+        indices = shard_indices(len(data), 1, 0, seed=0, epoch=epoch)
+        out = train_one_epoch(net, optimizer, data, indices, 16, to_float, None)
+        assert out["examples"] == len(data)
+        assert 0 <= out["correct"] <= len(data)
+        losses.append(out["loss_sum"] / out["examples"])
+    assert losses[-1] < 0.5 * losses[0]
+    acc = evaluate(net, data, torch.arange(len(data)), batch_size=40)
+    assert acc["examples"] == len(data)
+    assert acc["correct"] / len(data) > 0.9
+
+
+def test_evaluate_matches_a_manual_count_and_restores_mode():
+    data = colour_dataset(50, seed=3)
+    net = small_net().train()
+    subset = torch.arange(5, 45)
+    out = evaluate(net, data, subset, batch_size=7)
+    assert net.training  # evaluate puts the mode back
+    with torch.no_grad():
+        net.eval()
+        manual = (net(data.images[subset].float() / 255).argmax(1) == data.labels[subset]).sum().item()
+    assert out == {"correct": float(manual), "examples": 40.0}
+
+
+def test_all_reduce_is_identity_in_one_process():
+    sums = {"a": 1.5, "b": 3.0}
+    assert all_reduce_sums(sums, torch.device("cpu"), maximum=("b",)) == sums
