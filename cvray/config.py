@@ -100,6 +100,8 @@ class CifarTrainConfig(_JsonConfig):
 class StyleConfig(_JsonConfig):
     """Neural style transfer (d2l section 14.12). Defaults reproduce the lab exactly."""
 
+    preset: str = "lab"
+    """Name of the preset the other fields came from (cvray.style.STYLE_PRESETS); a record only."""
     arch: str = "vgg19"
     """Feature network: vgg19 (the lab) or vgg16."""
     weights: str | None = None
@@ -121,10 +123,13 @@ class StyleConfig(_JsonConfig):
     style_weight: float = 1e4
     """The lab's 1e3 times the x10 its `10 * styles_l` list repetition applies."""
     tv_weight: float = 10.0
-    content_layers: tuple[str, ...] = ("relu4_2",)
-    """What the lab's layer 25 really captures (torchvision ReLUs are in place)."""
+    content_layers: tuple[str, ...] | None = None
+    """None: the lab's layer 25 = conv4_4 as it really captures it (torchvision ReLUs are in
+    place): relu4_4 on VGG-19, relu4_3 (the last of block 4) on VGG-16."""
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "conv5_1")
     """What the lab's layers 0, 5, 10, 19, 28 really capture."""
+    style_layer_weights: tuple[float, ...] | None = None
+    """One weight per style layer, multiplying its Gram loss; None: all 1 (the lab)."""
     style_blend: tuple[float, ...] | None = None
     """Weights of several style images (normalised to sum 1); None: equal."""
     original_colors: bool = False

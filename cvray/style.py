@@ -1,0 +1,300 @@
+"""Neural style transfer (d2l section 14.12): the lab's losses and a batched optimiser.
+
+Plain PyTorch; no Ray. The optimised variable is the ImageNet-normalised image, as in the lab
+(Adam, StepLR, TV on the normalised image, clamp to [0, 1] only at the end).
+
+Batching: B content images of one shape are optimised together. Every loss is computed per
+image (a mean over that image's own elements) and the objective is the sum over images, so
+each image's gradient is its solo gradient; Adam and StepLR act element by element, so each
+result equals optimising that image alone, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from cvray.config import StyleConfig
+from cvray.data.images import shrink_to_long_side, to_tensor
+from cvray.errors import ConfigError
+from cvray.vgg import VGGTaps, build_vgg_features, default_content_layers
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LOSS_NAMES = ("content", "style", "tv", "total")
+# RGB -> YIQ (NTSC); Y is the luminance kept from the result by --original-colors.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+# ---------------------------------------------------------------- the lab's losses, per image
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C) Gram matrices normalised by C*H*W (the lab's), in fp32."""
+    b, c, h, w = features.shape
+    flat = features.float().reshape(b, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def content_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image: (B, C, H, W) x2 -> (B,)."""
+    return (y_hat.float() - y).square().mean(dim=(1, 2, 3))
+
+
+def style_loss(y_hat: torch.Tensor, gram_target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of Gram matrices per image: (B, C, H, W), (C, C) -> (B,)."""
+    return (gram(y_hat) - gram_target).square().mean(dim=(1, 2))
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """The lab's total variation, per image: 0.5 * (mean |dy| + mean |dx|); (B, C, H, W) -> (B,)."""
+    dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean(dim=(1, 2, 3))
+    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean(dim=(1, 2, 3))
+    return 0.5 * (dy + dx)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB (B, 3, H, W) -> ImageNet-normalised."""
+    mean, std = _stats(images)
+    return (images - mean) / std
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    mean, std = _stats(x)
+    return x * std + mean
+
+
+def keep_original_colors(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Luminance-only transfer: the result's Y with the content's I and Q (YIQ); (B,3,H,W) [0,1]."""
+    to_yiq = _RGB_TO_YIQ.to(result.device)
+    yiq_result = torch.einsum("ij,bjhw->bihw", to_yiq, result)
+    yiq_content = torch.einsum("ij,bjhw->bihw", to_yiq, content)
+    mixed = torch.cat([yiq_result[:, :1], yiq_content[:, 1:]], dim=1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), mixed).clamp(0, 1)
+
+
+def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(IMAGENET_MEAN, device=like.device, dtype=like.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=like.device, dtype=like.dtype).view(1, 3, 1, 1)
+    return mean, std
+
+
+# ---------------------------------------------------------------- the batched optimiser
+
+
+@dataclass
+class StyleResult:
+    images: torch.Tensor
+    """(B, 3, H, W) float32 in [0, 1], on the CPU."""
+    losses: dict[str, np.ndarray]
+    """"content", "style", "tv", "total" -> (B, iterations) float64: each image's weighted loss
+    terms (total = their sum) at every iteration, before that iteration's step."""
+    seconds: float
+    """Wall time of the optimisation (targets, loop and result), device synchronised."""
+
+
+class Stylizer:
+    """Stylise batches of content images with fixed style image(s) and settings.
+
+    Builds (or takes) the VGG once; style Grams are computed once per output size and cached.
+    On CUDA with precision "bf16", the VGG runs under bf16 autocast in channels_last, while the
+    image, its Adam state and the losses stay fp32 (Gram matmuls in TF32).
+    """
+
+    def __init__(
+        self,
+        config: StyleConfig,
+        style_images: Sequence[Image.Image],
+        device: str | torch.device = "cpu",
+        features: nn.Module | None = None,
+    ):
+        validate_style_config(config, n_styles=len(style_images))
+        self.config = config
+        self.device = torch.device(device)
+        self.fast = self.device.type == "cuda" and config.precision == "bf16"
+        self.content_layers = tuple(config.content_layers or default_content_layers(config.arch))
+        self.style_layers = tuple(config.style_layers)
+        self.layer_weights = tuple(config.style_layer_weights or (1.0,) * len(self.style_layers))
+        blend = config.style_blend or (1.0,) * len(style_images)
+        self.blend = tuple(w / sum(blend) for w in blend)
+        if features is None:
+            features = build_vgg_features(config.arch, config.weights)
+        self.taps = VGGTaps(features, self.content_layers + self.style_layers).to(self.device)
+        if self.fast:
+            self.taps = self.taps.to(memory_format=torch.channels_last)
+        self.style_images = [image.convert("RGB") for image in style_images]
+        self._grams: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    # ---- sizes and inputs
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(H, W) a width x height content is processed at: config.shape if set, else its long
+        side brought down to config.size (aspect kept, never upscaled)."""
+        if self.config.shape is not None:
+            return tuple(self.config.shape)
+        size = self.config.size
+        if size is None or max(width, height) <= size:
+            return height, width
+        scale = size / max(width, height)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def prepare_content(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> (3, H, W) float [0, 1] at output_size (Lanczos)."""
+        h, w = self.output_size(*image.size)
+        if (w, h) != image.size:
+            image = image.convert("RGB").resize((w, h), Image.LANCZOS, reducing_gap=3.0)
+        return to_tensor(image)
+
+    @torch.no_grad()
+    def style_grams(self, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Blended target Grams {style layer: (C, C) fp32} for an output of height x width.
+
+        Each style image is resized so its long side is style_scale x the output's long side
+        (aspect kept); its Grams are blended with the style_blend weights.
+        """
+        key = (height, width)
+        if key not in self._grams:
+            long_side = max(1, round(self.config.style_scale * max(height, width)))
+            blended = {}
+            for weight, image in zip(self.blend, self.style_images):
+                x = to_tensor(shrink_to_long_side(image, long_side)).unsqueeze(0).to(self.device)
+                feats = self._features(normalize(x))
+                for name in self.style_layers:
+                    blended[name] = blended.get(name, 0) + weight * gram(feats[name])[0]
+            self._grams[key] = blended
+        return self._grams[key]
+
+    # ---- optimisation
+
+    def stylize(
+        self,
+        contents: torch.Tensor,
+        *,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+        callback_every: int = 1,
+        seed: int | Sequence[int] | None = None,
+    ) -> StyleResult:
+        """Optimise B content images (B, 3, H, W) in [0, 1], all of one shape, on any device.
+
+        callback(iteration, images) is called after every `callback_every`-th step with the
+        current (B, 3, H, W) [0, 1] images on the device. seed (noise init only): an int gives
+        image i the seed seed + i, a sequence one seed per image; None: config.seed.
+        """
+        if contents.ndim != 4 or contents.shape[1] != 3:
+            raise ConfigError(f"contents must be (B, 3, H, W), got {tuple(contents.shape)}")
+        prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32 or self.fast  # Gram matmuls in fp32 storage
+        try:
+            return self._optimise(contents, callback, callback_every, seed)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+
+    def _optimise(self, contents, callback, callback_every, seed) -> StyleResult:
+        cfg = self.config
+        self._sync()
+        start = time.perf_counter()
+        contents = contents.to(self.device, torch.float32)
+        grams = self.style_grams(*contents.shape[2:])
+        with torch.no_grad():
+            feats = self._features(normalize(contents))
+            content_targets = {n: feats[n].float() for n in self.content_layers}
+        x = self._init(contents, seed).requires_grad_(True)
+        optimizer = torch.optim.Adam([x], lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
+        history = []
+        for iteration in range(1, cfg.iterations + 1):
+            optimizer.zero_grad(set_to_none=True)
+            terms = self._loss_terms(x, content_targets, grams)  # (4, B)
+            terms[3].sum().backward()  # sum over images: each image gets its solo gradient
+            optimizer.step()
+            scheduler.step()
+            history.append(terms.detach())
+            if callback is not None and iteration % callback_every == 0:
+                callback(iteration, self._finish(x, contents))
+        images = self._finish(x, contents).cpu()
+        losses = torch.stack(history, dim=2) if history else torch.zeros(4, len(contents), 0)
+        losses = losses.double().cpu().numpy()  # (4, B, iterations)
+        self._sync()
+        return StyleResult(
+            images=images,
+            losses={name: losses[i] for i, name in enumerate(LOSS_NAMES)},
+            seconds=time.perf_counter() - start,
+        )
+
+    def _loss_terms(self, x, content_targets, grams) -> torch.Tensor:
+        """Weighted per-image terms (4, B): content, style, TV and their sum."""
+        cfg = self.config
+        feats = self._features(x)  # autocast ends here: the losses run in fp32
+        content = sum(content_loss(feats[n], content_targets[n]) for n in self.content_layers)
+        style = sum(
+            w * style_loss(feats[n], grams[n]) for n, w in zip(self.style_layers, self.layer_weights)
+        )
+        c, s, t = cfg.content_weight * content, cfg.style_weight * style, cfg.tv_weight * tv_loss(x)
+        return torch.stack([c, s, t, c + s + t])
+
+    def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.fast:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.taps(x.contiguous(memory_format=torch.channels_last))
+        return self.taps(x)
+
+    def _init(self, contents: torch.Tensor, seed) -> torch.Tensor:
+        """The starting (normalised) image: the content, or uniform noise seeded per image."""
+        if self.config.init == "content":
+            return normalize(contents).clone()
+        b = contents.shape[0]
+        base = self.config.seed if seed is None else seed
+        seeds = [base + i for i in range(b)] if isinstance(base, int) else list(base)
+        if len(seeds) != b:
+            raise ConfigError(f"got {len(seeds)} seeds for {b} images")
+        noise = [
+            torch.rand(contents.shape[1:], generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds
+        ]
+        return normalize(torch.stack(noise).to(contents.device))
+
+    def _finish(self, x: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
+        images = denormalize(x.detach()).clamp(0, 1)
+        if self.config.original_colors:
+            images = keep_original_colors(images, contents)
+        return images
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def validate_style_config(config: StyleConfig, n_styles: int | None = None) -> None:
+    """ConfigError for settings that cannot run (layer names are checked by VGGTaps)."""
+    if n_styles is not None and n_styles < 1:
+        raise ConfigError("at least one style image is needed")
+    if config.style_blend is not None:
+        if n_styles is not None and len(config.style_blend) != n_styles:
+            raise ConfigError(
+                f"--style-blend has {len(config.style_blend)} weights for {n_styles} style images"
+            )
+        if any(w < 0 for w in config.style_blend) or not sum(config.style_blend) > 0:
+            raise ConfigError("--style-blend weights must be >= 0 with a positive sum")
+    if not config.style_layers:
+        raise ConfigError("at least one style layer is needed")
+    if config.content_layers is not None and not config.content_layers:
+        raise ConfigError("at least one content layer is needed (use --content-weight 0 instead)")
+    weights = config.style_layer_weights
+    if weights is not None and len(weights) != len(config.style_layers):
+        raise ConfigError(
+            f"{len(weights)} style layer weights for {len(config.style_layers)} style layers"
+        )
+    if config.init not in ("content", "noise"):
+        raise ConfigError(f"unknown init {config.init!r}; choose content or noise")
+    if config.precision not in ("bf16", "fp32"):
+        raise ConfigError(f"unknown precision {config.precision!r}; choose bf16 or fp32")
+    if config.iterations < 0 or config.lr <= 0 or config.style_scale <= 0:
+        raise ConfigError("iterations must be >= 0, lr and style_scale > 0")
+    if config.shape is not None and (len(config.shape) != 2 or min(config.shape) < 1):
+        raise ConfigError(f"shape must be (height, width) >= 1, got {config.shape}")
