@@ -143,17 +143,28 @@ class StyleConfig(_JsonConfig):
 
 @dataclass(frozen=True)
 class StylizeFolderConfig(_JsonConfig):
-    """Bulk stylisation of an image folder on Ray Data."""
+    """Bulk stylisation of an image folder on Ray Data (docs/bulk.md)."""
 
     style: StyleConfig = field(default_factory=StyleConfig)
+    """Style settings; size is the processing long side (smaller images are not upscaled)."""
     input: str = ""
     """Folder (local path or object-store URI) searched recursively for images."""
     output: str = ""
-    """Output folder; must not lie inside the input folder."""
+    """Output folder; must not lie inside the input folder (nor contain it)."""
     style_images: tuple[str, ...] = ()
+    """Style image paths or URIs (at least one; several are blended)."""
     num_actors: int | None = None
     """Stylising actors; None: one per GPU, else one per two CPUs (at least 1)."""
     batch_size: int = 4
     """Images of one shape optimised together by an actor."""
     overwrite: bool = False
     """Redo images that are already written."""
+    use_gpu: bool | None = None
+    """None: one GPU per actor when the cluster has GPUs, else CPU actors."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = dict(data)
+        if isinstance(data.get("style"), dict):
+            data["style"] = StyleConfig.from_dict(data["style"])
+        return super().from_dict(data)

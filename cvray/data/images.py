@@ -6,6 +6,8 @@ Plain Pillow + torch; no Ray. Every failure is a DataError with a one-line reaso
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -13,6 +15,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvray import storage
 from cvray.errors import DataError
+
+_EXIF_ORIENTATION = 0x0112
+# What Pillow raises for bad data (struct.error for some broken headers, EOFError for truncation).
+_DECODE_ERRORS = (
+    UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
+    Image.DecompressionBombError,
+)
 
 # Pillow's decompression-bomb guard stays on, at a limit that still admits large photos
 # (about 32k x 32k); anything larger is refused before decoding.
@@ -35,11 +44,52 @@ def decode_image(data: bytes, *, max_side: int | None = None, name: str = "image
         img.load()
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _DECODE_ERRORS as exc:
         raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
     if max_side is not None and max(img.size) > max_side:
         img = shrink_to_long_side(img, max_side)
     return img
+
+
+def decode_image_at(
+    data: bytes, size_for: Callable[[int, int], tuple[int, int]], *, name: str = "image"
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode into an RGB image of exactly the size `size_for` picks; EXIF orientation applied.
+
+    `size_for(width, height)` gets the upright original size (read from the header, before any
+    pixel is decoded) and returns the (height, width) to produce; it may raise DataError (e.g.
+    too small), so such files are never decoded. Large JPEGs decode in draft mode at a reduced
+    scale, and everything is shrunk before a tensor exists. Returns (image, (width, height) of
+    the upright original). DataError for empty, truncated, corrupt or non-image data.
+    """
+    if not data:
+        raise DataError(f"{name}: empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        swapped = img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # 90/270-degree turns
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
+    upright = (height, width) if swapped else (width, height)
+    out_h, out_w = size_for(*upright)
+    try:
+        if img.format == "JPEG" and out_w * out_h < upright[0] * upright[1]:
+            img.draft("RGB", (out_h, out_w) if swapped else (out_w, out_h))  # stays >= the target
+        img.load()
+        img = _to_rgb(ImageOps.exif_transpose(img))
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
+    if img.size != (out_w, out_h):
+        img = img.resize((out_w, out_h), Image.LANCZOS, reducing_gap=3.0)
+    return img, upright
+
+
+def encode_image(img: Image.Image, fmt: str) -> bytes:
+    """Encode an RGB image in a Pillow format (JPEG, PNG, WEBP, BMP, TIFF) at high quality."""
+    options = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}.get(fmt, {})
+    buffer = io.BytesIO()
+    img.convert("RGB").save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def load_image(path: str, *, max_side: int | None = None) -> Image.Image:
@@ -90,5 +140,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "unrecognised format"  # Pillow's text names a BytesIO object, not the file
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__

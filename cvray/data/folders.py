@@ -1,0 +1,319 @@
+"""Image folders on local disks and object stores: listing, output naming, atomic writes and
+the per-image manifest of the bulk job.
+
+Plain pyarrow + os; no Ray. The bulk job (cvray/bulk.py) lists an input folder here, maps each
+input's relative path to an output path that can never leave the output folder, refuses folder
+pairs where one lies inside the other (a rerun would otherwise stylise its own outputs), and
+keeps one manifest row per input file under OUTPUT/_cvray/.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import posixpath
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from cvray import storage
+from cvray.errors import ConfigError, DataError
+
+# Extension (lower case) -> Pillow format the output is written in. Every format keeps its
+# extension except GIF: a palette format cannot hold a stylised RGB image, so .gif becomes .png.
+OUTPUT_FORMATS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".webp": "WEBP",
+    ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".gif": "PNG",
+}
+RENAMED_SUFFIXES = {".gif": ".png"}
+METADATA_DIR = "_cvray"
+"""Top-level folder of the output that holds the manifest, its parts and the run config."""
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A folder as the user named it (`uri`) and where it lives (`fs`, `path` inside fs)."""
+
+    uri: str
+    fs: pafs.FileSystem
+    path: str
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path_of(self, rel: str) -> str:
+        """Path inside `fs` of the relative path `rel` (already checked by check_relpath)."""
+        return posixpath.join(self.path, rel) if not self.is_local else os.path.join(self.path, rel)
+
+    def uri_of(self, rel: str) -> str:
+        """What a user reads in the manifest: the folder as given, joined with `rel`."""
+        if self.is_local:
+            return self.path_of(rel)
+        base, sep, query = self.uri.partition("?")
+        return posixpath.join(base, rel) + (sep + query if query else "")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    rel: str
+    """Path relative to the folder, '/'-separated."""
+    size: int
+    """Bytes."""
+
+
+def open_folder(uri: str) -> Folder:
+    """Resolve a local path or object-store URI to a Folder (it need not exist yet)."""
+    fs, path = storage.resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        path = os.path.realpath(path)  # symlinks resolved, so nesting checks compare real places
+    else:
+        path = path.rstrip("/")
+    return Folder(uri=str(uri), fs=fs, path=path)
+
+
+def list_files(folder: Folder) -> list[FileEntry]:
+    """Every file under `folder` (recursive), sorted by relative path.
+
+    Hidden names (starting with '.': editor files, our own temporary files, .DS_Store) are left
+    out. On local disks symlinked folders are not descended (no loops, no escaping the folder).
+    """
+    info = folder.fs.get_file_info(folder.path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"input folder not found: {folder.uri}")
+    if info.type != pafs.FileType.Directory:
+        raise DataError(f"input is not a folder: {folder.uri}")
+    entries = _walk_local(folder.path) if folder.is_local else _walk_fs(folder)
+    return sorted(entries, key=lambda e: e.rel)
+
+
+def _walk_local(root: str) -> list[FileEntry]:
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                size = os.stat(full).st_size
+            except OSError:
+                size = -1  # dangling symlink or vanished file: reading it will fail and say why
+            entries.append(FileEntry(os.path.relpath(full, root).replace(os.sep, "/"), size))
+    return entries
+
+
+def _walk_fs(folder: Folder) -> list[FileEntry]:
+    selector = pafs.FileSelector(folder.path, recursive=True)
+    try:
+        infos = folder.fs.get_file_info(selector)
+    except OSError as exc:
+        raise DataError(f"cannot list {folder.uri}: {_one_line(exc)}") from None
+    entries = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(folder.path):].lstrip("/")
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        entries.append(FileEntry(rel, int(info.size or 0)))
+    return entries
+
+
+def check_relpath(rel: str) -> None:
+    """DataError unless `rel` is a plain relative path that stays inside its folder.
+
+    Object-store keys can hold anything ('a/../../b', '/abs', 'a//b'), so every component is
+    checked; the metadata folder's name is reserved at the top level.
+    """
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
+        raise DataError(f"{rel!r}: not a safe relative path")
+    if any(part in ("", ".", "..") for part in parts):
+        raise DataError(f"{rel!r}: not a safe relative path ('.', '..' or empty component)")
+    if parts[0] == METADATA_DIR:
+        raise DataError(f"{rel!r}: the top-level name {METADATA_DIR} is reserved for the manifest")
+
+
+def output_name(rel: str) -> tuple[str, str]:
+    """(output relative path, Pillow format) for an input relative path.
+
+    DataError for files that are not images by extension (they are failed, not skipped, so the
+    manifest accounts for every file of the input).
+    """
+    check_relpath(rel)
+    stem, suffix = posixpath.splitext(rel)
+    fmt = OUTPUT_FORMATS.get(suffix.lower())
+    if fmt is None:
+        kind = f"extension {suffix}" if suffix else "no extension"
+        raise DataError(f"not an image file ({kind}; expected {', '.join(sorted(set(OUTPUT_FORMATS)))})")
+    new_suffix = RENAMED_SUFFIXES.get(suffix.lower())
+    return (stem + new_suffix if new_suffix else rel), fmt
+
+
+def check_not_nested(input_folder: Folder, output_folder: Folder) -> None:
+    """ConfigError when the output lies inside the input, the input inside the output, or both
+    are the same folder: a rerun would then list (and stylise) its own outputs."""
+    if type(input_folder.fs) is not type(output_folder.fs):
+        return
+    a, b = _norm(input_folder), _norm(output_folder)
+    if a == b:
+        raise ConfigError(f"--output {output_folder.uri} is the input folder: choose another folder")
+    if b.startswith(a + "/"):
+        raise ConfigError(
+            f"--output {output_folder.uri} lies inside the input folder {input_folder.uri}: "
+            "choose a folder outside it"
+        )
+    if a.startswith(b + "/"):
+        raise ConfigError(
+            f"the input folder {input_folder.uri} lies inside --output {output_folder.uri}: "
+            "choose an output folder that does not contain the input"
+        )
+
+
+def _norm(folder: Folder) -> str:
+    path = folder.path if folder.is_local else posixpath.normpath("/" + folder.path)
+    return path.rstrip("/") or "/"
+
+
+def check_inside(folder: Folder, path: str) -> None:
+    """DataError unless the local `path`'s parent really lies inside `folder` (after symlinks).
+
+    Relative paths are checked already; this catches a symlinked subfolder of the output that
+    points elsewhere. Object stores have no symlinks.
+    """
+    if not folder.is_local:
+        return
+    parent = os.path.realpath(os.path.dirname(path))
+    root = os.path.realpath(folder.path)
+    if parent != root and not parent.startswith(root + os.sep):
+        raise DataError(f"output {path} would land outside the output folder (symlinked folder?)")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+# --- writing into an output folder -------------------------------------------------------------
+
+def write_file(folder: Folder, path: str, data: bytes) -> None:
+    """Publish `data` at `path` (inside `folder.fs`) so no partial file is ever visible.
+
+    Local disks: a hidden temporary name in the same folder, then a rename (storage). Object
+    stores: one upload, which the store publishes whole (a PUT, or a completed multipart upload).
+    """
+    if folder.is_local:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        check_inside(folder, path)
+        storage.write_bytes_atomic(path, data)
+    else:
+        with folder.fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+# --- the manifest: one row per input file ------------------------------------------------------
+# Each finished or failed image writes its own small Parquet part (keyed by its relative path, so
+# a retry replaces it) the moment it is decided; a crash loses nothing. The end of every run merges
+# the parts into MANIFEST_NAME and deletes them; the next run reads the manifest and any parts
+# left by a crash.
+
+MANIFEST_NAME = "manifest.parquet"
+MANIFEST_SCHEMA = pa.schema([
+    ("relpath", pa.string()),          # input path relative to the input folder
+    ("input", pa.string()),            # input as the user names it (path or URI)
+    ("output", pa.string()),           # output path or URI (null when no output name exists)
+    ("status", pa.string()),           # "done" or "failed"
+    ("error", pa.string()),            # one-line reason when failed
+    ("width", pa.int32()),             # output (processing) size in pixels
+    ("height", pa.int32()),
+    ("input_width", pa.int32()),       # upright input size (EXIF orientation applied)
+    ("input_height", pa.int32()),
+    ("input_bytes", pa.int64()),
+    ("loss_content", pa.float64()),    # losses at the last iteration (weighted, as optimised)
+    ("loss_style", pa.float64()),
+    ("loss_tv", pa.float64()),
+    ("loss_total", pa.float64()),
+    ("loss_curve", pa.list_(pa.float32())),  # total loss per iteration
+    ("seconds", pa.float64()),         # stylising time of the image's batch / images in it
+    ("batch_images", pa.int32()),      # images optimised together with it (same shape)
+    ("run_id", pa.string()),           # the run that decided this row
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
+])
+CSV_COLUMNS = [name for name in MANIFEST_SCHEMA.names if name != "loss_curve"]
+
+
+def metadata_path(folder: Folder, *parts: str) -> str:
+    return folder.path_of("/".join((METADATA_DIR, *parts)))
+
+
+def part_path(folder: Folder, relpath: str) -> str:
+    digest = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:24]
+    return metadata_path(folder, "parts", f"{digest}.parquet")
+
+
+def records_to_table(records: list[dict]) -> pa.Table:
+    columns = {name: [r.get(name) for r in records] for name in MANIFEST_SCHEMA.names}
+    return pa.table(columns, schema=MANIFEST_SCHEMA)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_manifest_part(folder: Folder, record: dict) -> None:
+    write_file(folder, part_path(folder, record["relpath"]), table_bytes(records_to_table([record])))
+
+
+def read_manifest_state(folder: Folder) -> tuple[dict[str, dict], list[str]]:
+    """({relpath: latest record}, paths of the parts read) from the manifest and leftover parts."""
+    records: dict[str, dict] = {}
+    manifest = metadata_path(folder, MANIFEST_NAME)
+    if folder.fs.get_file_info(manifest).type == pafs.FileType.File:
+        for row in _read_table(folder, [manifest]).to_pylist():
+            records[row["relpath"]] = row
+    parts_dir = metadata_path(folder, "parts")
+    parts = []
+    if folder.fs.get_file_info(parts_dir).type == pafs.FileType.Directory:
+        infos = folder.fs.get_file_info(pafs.FileSelector(parts_dir))
+        parts = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if parts:
+        for row in _read_table(folder, parts).sort_by("finished_at").to_pylist():
+            records[row["relpath"]] = row  # parts are newer than the manifest they were not merged into
+    return records, parts
+
+
+def _read_table(folder: Folder, paths: list[str]) -> pa.Table:
+    try:
+        tables = [pq.read_table(p, filesystem=folder.fs, schema=MANIFEST_SCHEMA) for p in paths]
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(
+            f"cannot read the manifest under {folder.uri}/{METADATA_DIR} ({_one_line(exc)}); "
+            "delete that folder or use --overwrite"
+        ) from None
+    return pa.concat_tables(tables) if tables else records_to_table([])
+
+
+def write_manifest(folder: Folder, records: list[dict], merged_parts: list[str]) -> str:
+    """Write MANIFEST_NAME (and a CSV copy without the curves), then delete the merged parts."""
+    table = records_to_table(sorted(records, key=lambda r: r["relpath"]))
+    write_file(folder, metadata_path(folder, MANIFEST_NAME), table_bytes(table))
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table.select(CSV_COLUMNS), sink)
+    write_file(folder, metadata_path(folder, "manifest.csv"), sink.getvalue().to_pybytes())
+    for path in merged_parts:
+        try:
+            folder.fs.delete_file(path)
+        except OSError:
+            pass  # already gone; the manifest holds its row
+    return folder.uri_of(f"{METADATA_DIR}/{MANIFEST_NAME}")
+
+
+def now_utc() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
