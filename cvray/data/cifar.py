@@ -1,0 +1,436 @@
+"""CIFAR-10 as uint8 tensors from any of three formats, detected by content (see docs/data.md):
+torchvision's python pickles (`cifar-10-batches-py/`), Parquet (`train.parquet` + `test.parquet`,
+encoded `image` bytes + int `label`) or image folders (`train/<class>/*`, `test/<class>/*`).
+Local folders holding none of them get the official archive downloaded; object-store URIs are
+read through cvray.storage. No Ray here. Every failure is a one-line DataError naming the file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from cvray import storage
+from cvray.data import images
+from cvray.errors import DataError
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+PYTHON_DIR = "cifar-10-batches-py"
+PYTHON_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+PYTHON_TEST_FILE = "test_batch"
+_LOCK_NAME = ".cifar10.lock"
+_HINT = "put cifar-10-batches-py/, train.parquet+test.parquet or train/<class>/ + test/<class>/ folders there"
+_SIDE = 32  # CIFAR-10 images are 32x32 RGB
+_THREADS = min(8, os.cpu_count() or 1)  # decode threads: overlap file reads and libjpeg
+_CHUNK = 2048  # images per decode task
+
+
+@dataclass
+class CifarArrays:
+    """CIFAR-10 in memory. Images are (N, 3, 32, 32) uint8, contiguous, on the CPU."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor  # (N,) int64 in 0..9, index into `classes`
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    source: str  # "python" | "parquet" | "folders": the format it was read from
+
+
+# ----------------------------------------------------------------------------- public API
+
+def detect_format(data_dir: str) -> str | None:
+    """"python", "parquet" or "folders" by what `data_dir` holds; None if none (or no folder)."""
+    found = _locate(data_dir)
+    return found[0] if found else None
+
+
+def load_cifar10(data_dir: str, *, download: bool = True, train_samples: int | None = None,
+                 test_samples: int | None = None) -> CifarArrays:
+    """Read CIFAR-10 from `data_dir` (local path or URI), downloading it first if needed.
+
+    `train_samples` / `test_samples` keep the first N images of each split (in file order for
+    python and parquet; after a fixed default_rng(0) shuffle for folders); None keeps all.
+    """
+    for name, n in (("train_samples", train_samples), ("test_samples", test_samples)):
+        if n is not None and n <= 0:
+            raise DataError(f"{name} must be a positive number of images, got {n}")
+    found = _locate(data_dir)
+    if found is None:
+        _require_download(data_dir, download)
+        download_cifar10(data_dir, url=CIFAR10_URL, md5=CIFAR10_MD5)  # read at call time
+        found = _locate(data_dir)
+        if found is None:
+            raise DataError(f"downloaded CIFAR-10 into {data_dir} but cannot find it there")
+    fmt, base = found
+    reader = {"python": _read_python, "parquet": _read_parquet, "folders": _read_folders}[fmt]
+    train, test = reader(base, "train", train_samples), reader(base, "test", test_samples)
+    for split, (_, labels) in (("train", train), ("test", test)):
+        if len(labels) == 0:
+            raise DataError(f"{data_dir}: the {fmt} format's {split} split holds no images")
+    return CifarArrays(*_as_tensors(*train), *_as_tensors(*test), list(CIFAR10_CLASSES), fmt)
+
+
+def download_cifar10(data_dir: str, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> None:
+    """Download and unpack CIFAR-10 (python format) into the local folder `data_dir`.
+
+    Safe for concurrent callers on one node: a file lock in `data_dir` serialises them and the
+    format is re-checked under it. The archive is unpacked in a hidden temporary folder and the
+    finished `cifar-10-batches-py/` moved in with one rename, so nothing partial is left behind.
+    """
+    root = _local_root(data_dir)
+    if root is None:
+        raise DataError(f"no CIFAR-10 found in {data_dir}: downloads only go to local folders; {_HINT}")
+    from filelock import FileLock  # imported here: only downloads need it
+
+    try:
+        os.makedirs(root, exist_ok=True)
+        with FileLock(os.path.join(root, _LOCK_NAME)):
+            if _locate(root) is None:  # else another process finished it while we waited
+                _download_locked(root, data_dir, url, md5)
+    except OSError as exc:  # unwritable folder, a file in the way
+        raise DataError(f"cannot download CIFAR-10 into {data_dir} ({_reason(exc)}): {_HINT}") from None
+
+
+def _download_locked(root: str, data_dir: str, url: str, md5: str) -> None:
+    staging = tempfile.mkdtemp(prefix=".cifar10-download-", dir=root)
+    try:
+        _fetch_into(staging, url, md5)
+        os.replace(os.path.join(staging, PYTHON_DIR), os.path.join(root, PYTHON_DIR))
+    except Exception as exc:
+        raise DataError(f"no CIFAR-10 found in {data_dir} and the download from {url} failed "
+                        f"({_reason(exc)}): {_HINT}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- detection
+
+def _locate(data_dir: str) -> tuple[str, str] | None:
+    """(format, folder to read from) or None. The python folder may be data_dir or inside it."""
+    fs, root = storage.resolve(data_dir)
+    kinds = _entry_types(fs, root)
+    if kinds is None:
+        return None
+    if kinds.get(PYTHON_DIR) == "dir":
+        return "python", storage.join(data_dir, PYTHON_DIR)
+    if kinds.get(PYTHON_TRAIN_FILES[0]) == "file" or kinds.get(PYTHON_TEST_FILE) == "file":
+        return "python", data_dir
+    if kinds.get("train.parquet") == "file" or kinds.get("test.parquet") == "file":
+        return "parquet", data_dir
+    if kinds.get("train") == "dir" or kinds.get("test") == "dir":
+        return "folders", data_dir
+    return None
+
+
+def _entry_types(fs: pafs.FileSystem, path: str) -> dict[str, str] | None:
+    """{name: "file" | "dir"} of a folder's entries; None when it is not a folder."""
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return None
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    except OSError as exc:  # object stores: no such bucket, no credentials, no network
+        raise DataError(f"cannot list {path}: {_reason(exc)}") from None
+    kinds = {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}
+    return {i.base_name: kinds.get(i.type, "other") for i in infos}
+
+
+def _local_root(data_dir: str) -> str | None:
+    """The local folder behind a path or file:// URI; None for object stores (never contacted)."""
+    if storage.is_uri(data_dir) and not str(data_dir).startswith("file://"):
+        return None
+    return storage.resolve(data_dir)[1]
+
+
+def _require_download(data_dir: str, download: bool) -> None:
+    if download:
+        return
+    fs, root = storage.resolve(data_dir)
+    kind = fs.get_file_info(root).type
+    state = {pafs.FileType.NotFound: "it does not exist", pafs.FileType.File: "it is a file"}.get(
+        kind, "it holds none of the three formats")
+    raise DataError(f"no CIFAR-10 found in {data_dir} ({state}; download is off): {_HINT}")
+
+
+def _fetch_into(folder: str, url: str, md5: str) -> None:
+    """Download the archive into `folder`, check its md5 and unpack it there (then drop it)."""
+    from tqdm import tqdm  # only downloads need it
+
+    archive, digest = os.path.join(folder, "cifar-10-python.tar.gz"), hashlib.md5()
+    with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f, \
+            tqdm(total=response.length, unit="B", unit_scale=True, desc="CIFAR-10", disable=None) as bar:
+        while chunk := response.read(1 << 20):
+            f.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != md5:
+        raise DataError(f"md5 {digest.hexdigest()} instead of {md5}")
+    with tarfile.open(archive, "r:gz") as tar:
+        # "data" filter: no absolute paths, links or files outside `folder` (Python >= 3.10.12)
+        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    os.remove(archive)
+    if not os.path.isdir(os.path.join(folder, PYTHON_DIR)):
+        raise DataError(f"the archive holds no {PYTHON_DIR}/ folder")
+
+
+# ----------------------------------------------------------------------------- python format
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches (dicts, lists, bytes, numpy arrays) and refuses any other class,
+    so a tampered batch cannot name an arbitrary callable. Still: only read data you trust."""
+
+    _reconstruct = np.zeros(1).__reduce__()[0]  # numpy's array-rebuild function, any numpy
+    _frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol-5 rebuild function
+    _allowed = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def _read_python(folder: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    batches: list[tuple[np.ndarray, np.ndarray]] = []
+    for name in PYTHON_TRAIN_FILES if split == "train" else (PYTHON_TEST_FILE,):
+        if limit is not None and sum(len(b[1]) for b in batches) >= limit:
+            break  # later batches are never read
+        batches.append(_read_batch(storage.join(folder, name)))
+    data, labels = (np.concatenate(column)[:limit] for column in zip(*batches))
+    return data.reshape(-1, 3, _SIDE, _SIDE), labels  # each row: R plane, G plane, B plane
+
+
+def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> ((n, 3072) uint8, (n,) int64)."""
+    if not storage.exists(path):
+        raise DataError(f"{path}: missing (a CIFAR-10 python folder needs {', '.join(PYTHON_TRAIN_FILES)}, "
+                        f"{PYTHON_TEST_FILE})")
+    try:
+        batch = _NumpyOnlyUnpickler(io.BytesIO(storage.read_bytes(path)), encoding="bytes").load()
+        data, labels = _field(batch, "data"), _field(batch, "labels")
+        data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
+    except Exception as exc:  # truncated/corrupt pickles raise many types
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({_reason(exc)})") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _SIDE * _SIDE:
+        raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    if labels.shape != (len(data),):
+        raise DataError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+    _check_labels(labels, path)
+    return data, labels
+
+
+def _field(batch, key: str):
+    if not isinstance(batch, dict):
+        raise TypeError(f"expected a dict, found {type(batch).__name__}")
+    if key.encode() not in batch and key not in batch:
+        raise KeyError(f"no '{key}' entry")
+    return batch.get(key.encode(), batch.get(key))
+
+
+# ----------------------------------------------------------------------------- parquet
+
+def _read_parquet(folder: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    path = storage.join(folder, f"{split}.parquet")
+    if not storage.exists(path):
+        raise DataError(f"{path}: missing (the Parquet format needs train.parquet and test.parquet)")
+    table = _read_rows(path, limit)
+    if table.column("label").null_count:
+        raise DataError(f"{path}: column 'label' has {table.column('label').null_count} empty values")
+    labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+    _check_labels(labels, path)
+    blobs = table.column("image").to_pylist()
+    return _decode_all(blobs, lambda i: f"{path} row {i}"), labels
+
+
+def _read_rows(path: str, limit: int | None) -> pa.Table:
+    """The `image` and `label` columns of the first `limit` rows, reading only the row groups needed."""
+    fs, p = storage.resolve(path)
+    try:
+        pf = pq.ParquetFile(fs.open_input_file(p))
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({_reason(exc)})") from None
+    _check_schema(pf.schema_arrow, path)
+    groups, rows = [], 0
+    for g in range(pf.num_row_groups):
+        if limit is not None and rows >= limit:
+            break
+        groups.append(g)
+        rows += pf.metadata.row_group(g).num_rows
+    try:
+        table = pf.read_row_groups(groups, columns=["image", "label"])
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read rows ({_reason(exc)})") from None
+    return table.slice(0, limit) if limit is not None else table
+
+
+def _check_schema(schema: pa.Schema, path: str) -> None:
+    for column in ("image", "label"):
+        if column not in schema.names:
+            raise DataError(f"{path}: no '{column}' column (found: {', '.join(schema.names)}); "
+                            "expected image = encoded JPEG/PNG bytes, label = int 0..9")
+    image_type, label_type = schema.field("image").type, schema.field("label").type
+    if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
+        raise DataError(f"{path}: column 'image' is {image_type}, expected binary (encoded JPEG/PNG bytes)")
+    if not pa.types.is_integer(label_type):
+        raise DataError(f"{path}: column 'label' is {label_type}, expected an integer type")
+
+
+# ----------------------------------------------------------------------------- image folders
+
+def _read_folders(folder: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    split_dir = storage.join(folder, split)
+    fs, root = storage.resolve(split_dir)
+    files, labels = _list_class_files(fs, root, split_dir)
+    order = np.random.default_rng(0).permutation(len(files))[:limit]  # classes interleaved
+    files = [files[i] for i in order]
+    labels = np.asarray(labels, dtype=np.int64)[order]
+    # names for messages: the user's path or URI of each file
+    name_of = lambda i: storage.join(split_dir, files[i][len(root) + 1:])  # noqa: E731
+    return _decode_all(files, name_of, read=_file_reader(fs)), labels
+
+
+def _list_class_files(fs: pafs.FileSystem, root: str, split_dir: str) -> tuple[list[str], list[int]]:
+    """Every file under root/<class>/ (paths inside `fs`), path-sorted, with its class index."""
+    kinds = _entry_types(fs, root)
+    if kinds is None:
+        raise DataError(f"{split_dir}: missing (the folders format needs train/<class>/ and test/<class>/)")
+    found = {name for name, kind in kinds.items() if kind == "dir" and not name.startswith(".")}
+    if found != set(CIFAR10_CLASSES):
+        raise DataError(f"{split_dir}: class folders must be the 10 CIFAR-10 names ({' '.join(CIFAR10_CLASSES)}); "
+                        f"unexpected: {sorted(found - set(CIFAR10_CLASSES))}, "
+                        f"missing: {sorted(set(CIFAR10_CLASSES) - found)}")
+    files, labels = [], []
+    for label, name in enumerate(CIFAR10_CLASSES):
+        class_kinds = _entry_types(fs, f"{root}/{name}") or {}
+        for base in sorted(b for b, k in class_kinds.items() if k == "file" and not b.startswith(".")):
+            files.append(f"{root}/{name}/{base}")
+            labels.append(label)
+    return files, labels
+
+
+def _file_reader(fs: pafs.FileSystem) -> Callable[[str], bytes]:
+    """Whole-file reads; plain open() locally (pyarrow's per-call cost dominates 1 KB files)."""
+    def read(path: str) -> bytes:
+        try:
+            if isinstance(fs, pafs.LocalFileSystem):
+                with open(path, "rb") as f:
+                    return f.read()
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
+    return read
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _decode_all(items: list, name_of: Callable[[int], str], *, read: Callable | None = None,
+                threads: int | None = None) -> np.ndarray:
+    """Decode encoded images (or files, with `read`) into one (N, 3, 32, 32) uint8 array.
+
+    Chunks of _CHUNK images run on a thread pool (file reads and libjpeg release the GIL).
+    """
+    out = np.empty((len(items), 3, _SIDE, _SIDE), dtype=np.uint8)
+
+    def decode_range(start: int) -> None:
+        stop = min(start + _CHUNK, len(items))
+        blobs = [read(items[i]) if read else items[i] for i in range(start, stop)]
+        _decode_chunk(blobs, out[start:stop], lambda j: name_of(start + j))
+
+    with ThreadPoolExecutor(max_workers=threads or _THREADS) as pool:
+        for _ in pool.map(decode_range, range(0, len(items), _CHUNK)):
+            pass  # re-raises the first error, in row order
+    return out
+
+
+def _decode_chunk(blobs: list, out: np.ndarray, name_of: Callable[[int], str]) -> None:
+    """Fill out[j] (3, 32, 32) from blobs[j]: JPEGs in one libjpeg-turbo call, the rest via Pillow."""
+    done = _decode_jpegs(blobs, out)
+    for j, blob in enumerate(blobs):
+        if j not in done:
+            out[j] = _decode_pil(blob, name_of(j))
+
+
+def _decode_jpegs(blobs: list, out: np.ndarray) -> set[int]:
+    """Decode the 32x32 JPEGs among blobs with torchvision; the indices it filled."""
+    decode = _jpeg_decoder()
+    jpegs = [j for j, blob in enumerate(blobs) if blob and blob[:2] == b"\xff\xd8"]
+    if decode is None or not jpegs:
+        return set()
+    try:
+        decoded = decode([torch.frombuffer(bytearray(blobs[j]), dtype=torch.uint8) for j in jpegs])
+    except (RuntimeError, ValueError, TypeError):
+        return set()  # one bad file fails the whole call: Pillow then names it
+    done = set()
+    for j, image in zip(jpegs, decoded):
+        if image.shape == (3, _SIDE, _SIDE):
+            out[j] = image.numpy()
+            done.add(j)
+    return done
+
+
+@functools.cache
+def _jpeg_decoder() -> Callable | None:
+    """torchvision's libjpeg-turbo decoder (same pixels as Pillow, ~2.5x faster on 32x32), or None
+    where a torchvision without image ops (deprecated since 0.29) is installed."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+
+def _decode_pil(blob: bytes | None, name: str) -> np.ndarray:
+    """Any image Pillow reads, any mode -> (3, 32, 32) uint8 RGB, or a DataError naming `name`."""
+    img = images.decode_image(blob or b"", name=name)
+    if img.size != (_SIDE, _SIDE):
+        raise DataError(f"{name}: image is {img.size[0]}x{img.size[1]} pixels, CIFAR-10 images must be 32x32")
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _check_labels(labels: np.ndarray, path: str) -> None:
+    bad = np.flatnonzero((labels < 0) | (labels > 9))
+    if bad.size:
+        raise DataError(f"{path}: label {labels[bad[0]]} at row {bad[0]} is outside 0..9 "
+                        f"({bad.size} bad labels)")
+
+
+def _as_tensors(images_u8: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(images_u8)), torch.from_numpy(labels.astype(np.int64))
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
