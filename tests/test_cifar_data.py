@@ -300,13 +300,18 @@ def test_python_format_errors(tmp_path, splits):
 
 
 def test_unpickler_refuses_code_execution(tmp_path, splits):
+    marker = tmp_path / "marker"
+
     class Evil:
         def __reduce__(self):
-            return (Path("marker").touch, ())  # would create a file if unpickled blindly
+            return (marker.touch, ())  # creates `marker` if unpickled blindly
 
+    assert pickle.loads(pickle.dumps(Evil())) is None and marker.exists()  # the payload works...
+    marker.unlink()
     folder = write_python(tmp_path, splits)
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
     one_line_error(lambda: load_cifar10(str(tmp_path), download=False), "test_batch", "refusing to load")
+    assert not marker.exists()  # ...but not through cvray
 
 
 def test_parquet_schema_errors(tmp_path, splits):
