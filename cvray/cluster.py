@@ -34,8 +34,8 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = {"log_to_driver": True, "logging_level": "WARNING" if quiet else "INFO"}
         if address is None or address == "local":
-            # The dashboard is a web server: only start it when asked (`ray start --head` does).
-            ray.init(include_dashboard=False, **kwargs)
+            # Ray Train's state checks need the dashboard; keep its web server on loopback.
+            ray.init(dashboard_host="127.0.0.1", **kwargs)
         else:
             _check_reachable(address)
             try:

@@ -27,7 +27,7 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
-            include_dashboard=False,
+            dashboard_host="127.0.0.1",  # Ray Train state checks need it; loopback only
             resources={"TRAIN_DRIVER": 4},
             log_to_driver=False,
             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},

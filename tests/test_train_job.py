@@ -1,0 +1,195 @@
+"""End to end: jobs/train_cifar.py on a real local Ray, 2 workers, a few hundred synthetic images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+import _common
+import train_cifar
+from cvray.engine import DeviceDataset, evaluate
+from cvray.runs import load_model, read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_parquet_split(path, n: int, seed: int) -> None:
+    """CIFAR-format Parquet: PNG bytes of 32x32 RGB images whose class tints them (learnable)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    palette = rng.integers(0, 256, (10, 3))
+    blobs = []
+    for label in labels:
+        pixels = (0.6 * palette[label] + 0.4 * rng.integers(0, 256, (32, 32, 3))).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG")
+        blobs.append(buffer.getvalue())
+    pq.write_table(pa.table({"image": blobs, "label": labels.astype(np.int64)}), path)
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar")
+    write_parquet_split(folder / "train.parquet", 256, seed=1)
+    write_parquet_split(folder / "test.parquet", 64, seed=2)
+    return folder
+
+
+def job(argv) -> int:
+    """Run the job in this process (sharing the test Ray) as its command line would: exit code."""
+    return _common.run(train_cifar.main, argv)
+
+
+def job_args(data, storage, *extra):
+    return ["--data-dir", str(data), "--storage-path", str(storage), "--no-gpu", "--batch-size", "64", *extra]
+
+
+@pytest.mark.slow
+def test_train_resume_report_and_refuse_changed_hyperparameters(ray_local, tiny_cifar, tmp_path, capsys):
+    args = job_args(tiny_cifar, tmp_path, "--name", "run", "--num-workers", "2")
+    assert job(args + ["--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "loss " in out and ", train acc " in out and ", test acc " in out
+    assert "examples/sec on [cpu, cpu]" in out
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.csv", "metrics.parquet", "curves.png", "model.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    first = read_metrics(str(run))
+    assert [r["epoch"] for r in first] == [1, 2]
+    assert all(r["train_examples"] == 256 for r in first)  # 2 workers x 128-sample shards
+    assert (run / "metrics.csv").read_text().count("\n") == 3  # header + one row per epoch
+    assert Image.open(run / "curves.png").size[0] > 300
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["devices"] == ["cpu", "cpu"]
+
+    # The saved model is the one that produced the last epoch's test accuracy.
+    model, info = load_model(str(run))
+    assert info["epoch"] == 2 and len(info["classes"]) == 10
+    from cvray.data.cifar import load_cifar10
+
+    arrays = load_cifar10(str(tiny_cifar), download=False)
+    test = DeviceDataset(arrays.test_images, arrays.test_labels)
+    correct = evaluate(model, test, torch.arange(len(test)), batch_size=32)["correct"]
+    assert correct / len(test) == pytest.approx(summary["test_acc"])
+
+    # A larger --epochs resumes: epochs 1-2 are not trained again, epoch 3 is added.
+    assert job(args + ["--epochs", "3"]) == 0
+    assert "resuming run" in capsys.readouterr().out
+    resumed = read_metrics(str(run))
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert resumed[:2] == first
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+
+    # The same command on a finished run just reports it.
+    assert job(args + ["--epochs", "3"]) == 0
+    assert "already has 3 epochs" in capsys.readouterr().out
+
+    # Another learning rate under the same name is refused, and nothing is touched.
+    config_before = (run / "config.json").read_bytes()
+    assert job(args + ["--epochs", "3", "--lr", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--fresh" in err and "lr 0.001 -> 0.01" in err
+    assert (run / "config.json").read_bytes() == config_before
+
+    # --fresh starts that run over with the new settings.
+    assert job(args + ["--epochs", "1", "--lr", "0.01", "--fresh"]) == 0
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.01
+    assert [r["epoch"] for r in read_metrics(str(run))] == [1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-workers", "2", "--batch-size", "63"], "not divisible by 2 workers"),
+        (["--gpu"], "no GPUs"),
+        (["--num-workers", "3", "--batch-size", "63"], "need 3 CPUs"),
+    ],
+)
+def test_bad_placement_is_one_line_and_writes_nothing(ray_local, tiny_cifar, tmp_path, capsys, extra, message):
+    args = ["--data-dir", str(tiny_cifar), "--storage-path", str(tmp_path / "runs"), "--epochs", "1", *extra]
+    assert job(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_data_is_one_line_and_writes_nothing(ray_local, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"pixels": [b"x"], "label": [1]}), data / "train.parquet")
+    pq.write_table(pa.table({"pixels": [b"x"], "label": [1]}), data / "test.parquet")
+    args = job_args(data, tmp_path / "runs", "--epochs", "1")
+    assert job(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "image" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+        (["--epochs", "0"], "must be a positive integer"),
+        (["--aug", "flip,zoom"], "unknown augmentation 'zoom'"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line(tmp_path, argv, message):
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "jobs", "train_cifar.py"), "--storage-path", str(tmp_path), *argv],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_documents_every_flag():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "jobs", "train_cifar.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    for flag in ("--address", "--num-workers", "--gpu", "--no-gpu", "--precision", "--seed", "--epochs", "--batch-size",
+                 "--lr", "--aug", "--data-dir", "--storage-path", "--name", "--fresh", "--max-failures", "--smoke-test"):
+        assert flag in proc.stdout, flag
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_cifar, tmp_path, capsys):
+    """SIGKILL a training worker after epoch 1: FailureConfig restarts it from the checkpoint and
+    the run ends with exactly one metrics row per epoch."""
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    run = tmp_path / "ft"
+    args = job_args(tiny_cifar, tmp_path, "--name", "ft", "--num-workers", "1", "--epochs", "3", "--max-failures", "1")
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(job(args)))
+    thread.start()
+    deadline = time.time() + 180
+    while not read_metrics(str(run)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert read_metrics(str(run)), "epoch 1 never finished"
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 1
+    os.kill(workers[0].pid, signal.SIGKILL)  # a worker process found through Ray's state API
+    thread.join(timeout=300)
+    assert codes == [0]
+    rows = read_metrics(str(run))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
