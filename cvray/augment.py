@@ -12,6 +12,7 @@ other. Plain PyTorch; no Ray.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -278,7 +279,7 @@ def _rgb_from_hue(h6: torch.Tensor, maxc: torch.Tensor, delta: torch.Tensor) -> 
     The closed form of HSV -> RGB (v = max, s * v = delta) avoids the sector gather; n = 5, 3, 1
     give red, green, blue. (B, H, W) inputs -> (B, 3, H, W) in [0, 1].
     """
-    n = torch.tensor([5.0, 3.0, 1.0], device=h6.device).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=h6.device).view(1, 3, 1, 1)  # 5, 3, 1 made on the device: no copy
     k = torch.remainder(n + h6.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return (maxc.unsqueeze(1) - delta.unsqueeze(1) * ramp).clamp_(0.0, 1.0)
@@ -315,13 +316,30 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     """ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.5) on a float batch.
 
     Factors are drawn per sample. torchvision applies the four in a random order per call; here the
-    order is drawn once per batch (the one host read of this module: 4 integers).
+    order is drawn once per batch, on the host (see _jitter_order), so the GPU is never waited for.
     """
     factors = [_uniform(x, low, high, generator) for _, low, high in _JITTER_OPS]
-    order = torch.randperm(4, generator=generator, device=x.device).tolist()
-    for index in order:
+    for index in _jitter_order(generator):
         x = _JITTER_OPS[index][0](x, factors[index])
     return x
+
+
+def _jitter_order(generator: torch.Generator | None) -> list[int]:
+    """A permutation of range(4) chosen by `generator` without a device sync.
+
+    The order decides which kernels to launch, so it must be known on the host. Reading 4 numbers
+    back from a CUDA tensor would stall until the GPU finished all queued work (the previous
+    training step). A CUDA generator's state is (seed, offset) kept on the host, and the factor
+    draws just advanced the offset, so it seeds a host-side permutation: reproducible for a seeded
+    generator, new for every batch, no sync. CPU generators draw the permutation directly.
+    """
+    if generator is None:
+        return torch.randperm(4).tolist()  # torch's default CPU generator: host-side already
+    if generator.device.type == "cpu":
+        return torch.randperm(4, generator=generator).tolist()
+    state = generator.get_state().numpy().tobytes()  # host copy of (seed, offset): no device work
+    seed = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little")
+    return torch.randperm(4, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 # ---------------------------------------------------------------- torchvision presets (PIL)

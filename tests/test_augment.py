@@ -251,13 +251,29 @@ def test_bad_images_raise_data_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_runs_on_the_images_device():
+def test_runs_on_the_images_device_without_host_syncs():
     images = _images(batch=32).cuda()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    for names in [("all",), ("crop",), ("hue",), ("flip", "vflip")]:
-        out = BatchAugment(names)(images, generator=gen)
-        assert out.device == images.device and out.dtype == torch.float32
-        assert 0 <= out.min().item() and out.max().item() <= 1
+    for names in [("all",), ("crop",), ("hue",), ("color",), ("flip", "vflip")]:
+        augmenter = BatchAugment(names)
+        torch.cuda.set_sync_debug_mode("error")  # any op that waits for the GPU raises
+        try:
+            first = augmenter(images, generator=torch.Generator(device="cuda").manual_seed(0))
+            again = augmenter(images, generator=torch.Generator(device="cuda").manual_seed(0))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert first.device == images.device and first.dtype == torch.float32
+        assert 0 <= first.min().item() and first.max().item() <= 1
+        assert torch.equal(first, again)
+
+
+def test_jitter_order_is_a_reproducible_permutation_that_varies_with_the_seed():
+    orders = set()
+    for seed in range(40):
+        gen = _gen(seed)
+        order = augment._jitter_order(gen)
+        assert sorted(order) == [0, 1, 2, 3] and order == augment._jitter_order(_gen(seed))
+        orders.add(tuple(order))
+    assert len(orders) > 10
 
 
 # ---------------------------------------------------------------- torchvision presets
