@@ -161,6 +161,9 @@ class StylizeFolderConfig(_JsonConfig):
     """Redo images that are already written."""
     use_gpu: bool | None = None
     """None: one GPU per actor when the cluster has GPUs, else CPU actors."""
+    cpus_per_actor: float | None = None
+    """CPU actors: torch threads per actor (rounded down, at least 1); None: a fair share of the
+    cluster. What an actor reserves from Ray is capped so the read tasks always fit beside."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):

@@ -67,13 +67,24 @@ class FileEntry:
 
 
 def open_folder(uri: str) -> Folder:
-    """Resolve a local path or object-store URI to a Folder (it need not exist yet)."""
-    fs, path = storage.resolve(uri)
+    """Resolve a local path or object-store URI to a Folder (it need not exist yet).
+
+    S3 URIs get allow_delayed_open=true, so an object smaller than one upload part is written
+    with a single PUT instead of a multipart upload (fewer requests; emulators such as moto 5.2
+    mishandle CompleteMultipartUpload).
+    """
+    fs, path = storage.resolve(_single_put(str(uri)))
     if isinstance(fs, pafs.LocalFileSystem):
         path = os.path.realpath(path)  # symlinks resolved, so nesting checks compare real places
     else:
         path = path.rstrip("/")
     return Folder(uri=str(uri), fs=fs, path=path)
+
+
+def _single_put(uri: str) -> str:
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
 
 
 def list_files(folder: Folder) -> list[FileEntry]:
@@ -84,9 +95,9 @@ def list_files(folder: Folder) -> list[FileEntry]:
     """
     info = folder.fs.get_file_info(folder.path)
     if info.type == pafs.FileType.NotFound:
-        raise DataError(f"input folder not found: {folder.uri}")
+        raise DataError(f"folder not found: {folder.uri}")
     if info.type != pafs.FileType.Directory:
-        raise DataError(f"input is not a folder: {folder.uri}")
+        raise DataError(f"not a folder: {folder.uri}")
     entries = _walk_local(folder.path) if folder.is_local else _walk_fs(folder)
     return sorted(entries, key=lambda e: e.rel)
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvray import storage
 from cvray.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 _EXIF_ORIENTATION = 0x0112
 # What Pillow raises for bad data (struct.error for some broken headers, EOFError for truncation).
@@ -107,6 +110,8 @@ def shrink_to_long_side(img: Image.Image, long_side: int) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 tensor (3, H, W) in [0, 1]."""
+    import torch  # here, not at the top: decode-only workers (Ray Data tasks) never pay for torch
+
     array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
