@@ -14,25 +14,28 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import math
 import os
 import re
 import time
 import uuid
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
+from cvray.bulk_plan import (
+    BulkSummary, check_run_config, manifest_record, merge_manifest, min_side, plan_work,
+    processing_size, size_checker,
+)
 from cvray.config import StyleConfig, StylizeFolderConfig
 from cvray.data import folders
 from cvray.data.folders import Folder
 from cvray.data.images import decode_image, decode_image_at, encode_image, to_pil
 from cvray.errors import ConfigError, CvrayError, DataError
+
+__all__ = ["BulkSummary", "StylizeActor", "decode_batch", "min_side", "plan_work", "processing_size",
+           "run_bulk"]
 
 DECODE_CPUS = 0.25
 """CPUs a read-and-decode task asks for: small, so reads always fit beside the actors."""
@@ -48,167 +51,6 @@ _DECODED_SCHEMA = pa.schema([
 _RESULT_SCHEMA = pa.schema([("relpath", pa.string()), ("status", pa.string()), ("error", pa.string())])
 
 
-# ------------------------------------------------------------------ sizes
-
-
-def processing_size(config: StyleConfig, width: int, height: int) -> tuple[int, int]:
-    """(H, W) an upright width x height image is stylised (and written) at.
-
-    The same rule as Stylizer.output_size (tests pin the two together), computed here without a
-    VGG so decode tasks can size images before any tensor exists.
-    """
-    if config.shape is not None:
-        return int(config.shape[0]), int(config.shape[1])
-    if config.size is None or max(width, height) <= config.size:
-        return height, width
-    scale = config.size / max(width, height)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def min_side(config: StyleConfig) -> int:
-    """Smallest processing height/width the network accepts: the deepest tap must see >= 1 px.
-
-    Each max-pool halves (floor) the size, so a tap in block b (after b-1 pools) needs
-    2**(b-1) px and pool b needs 2**b. The lab's conv5_1 sits after 4 pools: 16 px.
-    """
-    from cvray.vgg import default_content_layers  # torch/torchvision: only where sizes are checked
-
-    content = getattr(config, "content_layers", None) or default_content_layers(config.arch)
-    need = 2
-    for name in (*config.style_layers, *content):
-        match = re.fullmatch(r"(conv|relu)(\d)_\d+|pool(\d)", name)
-        if match:
-            need = max(need, 2 ** (int(match.group(2)) - 1) if match.group(2) else 2 ** int(match.group(3)))
-    return need
-
-
-def _size_checker(config: StyleConfig, minimum: int) -> Callable[[int, int], tuple[int, int]]:
-    def size_for(width: int, height: int) -> tuple[int, int]:
-        h, w = processing_size(config, width, height)
-        if min(h, w) < minimum:
-            raise DataError(
-                f"too small for the network: {width}x{height} px is processed at {w}x{h}; both sides "
-                f"must be at least {minimum} px (the deepest VGG layer comes after "
-                f"{int(math.log2(minimum))} poolings)"
-            )
-        return h, w
-    return size_for
-
-
-# ------------------------------------------------------------------ planning and resume
-
-
-@dataclass
-class BulkSummary:
-    done: int
-    skipped: int
-    failed: int
-    seconds: float
-    images_per_sec: float
-    manifest: str
-    run_id: str
-    errors: list[str]
-    """A few distinct failure reasons (with counts), for the console."""
-
-    def line(self) -> str:
-        return (
-            f"done {self.done}, skipped {self.skipped}, failed {self.failed}, "
-            f"{self.images_per_sec:.2f} images/sec (manifest: {self.manifest})"
-        )
-
-
-@dataclass
-class _Plan:
-    todo: list[dict]
-    """One item per image to stylise (paths, display names, output format)."""
-    failed: list[dict]
-    """Manifest records of files failed at listing time (not images, unsafe names, clashes)."""
-    skipped: int
-    records: dict[str, dict]
-    merged_parts: list[str]
-
-
-def plan_work(config: StylizeFolderConfig, src: Folder, dst: Folder, run_id: str) -> _Plan:
-    """List the input and decide per file: skip (finished earlier), stylise, or fail right away."""
-    entries = folders.list_files(src)
-    if not entries:
-        raise DataError(f"no files under {src.uri}")
-    records, parts = folders.read_manifest_state(dst)
-    existing = {e.rel for e in folders.list_files(dst)} if not config.overwrite and records else set()
-    todo, failed, skipped = [], [], 0
-    for entry, out_rel, fmt, error in _name_outputs(entries):
-        base = {"relpath": entry.rel, "input": src.uri_of(entry.rel), "input_bytes": entry.size}
-        if error is not None:
-            failed.append(_record(base, run_id, status="failed", error=error))
-            continue
-        earlier = records.get(entry.rel)
-        output = dst.uri_of(out_rel)
-        if (not config.overwrite and earlier and earlier["status"] == "done"
-                and earlier["output"] == output and out_rel in existing):
-            skipped += 1
-            continue
-        todo.append({**base, "output": output, "in_path": src.path_of(entry.rel),
-                     "out_path": dst.path_of(out_rel), "format": fmt})
-    return _Plan(todo, failed, skipped, records, parts)
-
-
-def _name_outputs(entries: list[folders.FileEntry]) -> list[tuple]:
-    """(entry, output rel, format, error) per entry, in order. When two inputs map to one output
-    (x.gif and x.png both want x.png), the one keeping its own name wins; the other fails."""
-    named = []
-    for entry in entries:
-        try:
-            named.append((entry, *folders.output_name(entry.rel), None))
-        except DataError as exc:
-            named.append((entry, None, None, str(exc)))
-    owners = {out: e.rel for e, out, _, err in named if err is None and out == e.rel}
-    result = []
-    for entry, out_rel, fmt, error in named:
-        if error is None and owners.setdefault(out_rel, entry.rel) != entry.rel:
-            error = f"its output name {out_rel} is taken by {owners[out_rel]}"
-        result.append((entry, out_rel, fmt, error))
-    return result
-
-
-def _record(base: dict, run_id: str, **fields) -> dict:
-    """A manifest row; `output` is set only where an output exists (status done)."""
-    output = base.get("output") if fields.get("status") == "done" else None
-    return {**base, **fields, "output": output, "run_id": run_id, "finished_at": folders.now_utc()}
-
-
-def check_run_config(
-    config: StylizeFolderConfig, dst: Folder, style_digests: list[str], has_outputs: bool
-) -> None:
-    """Refuse to mix outputs made with other settings into one folder (unless --overwrite or
-    nothing was finished yet); then record this run's settings in OUTPUT/_cvray/config.json."""
-    path = folders.metadata_path(dst, "config.json")
-    current = {"input": config.input, "style_images": style_digests, "style": config.style.to_dict()}
-    if has_outputs and not config.overwrite and dst.fs.get_file_info(path).type == pafs.FileType.File:
-        with dst.fs.open_input_stream(path) as f:
-            earlier = json.loads(f.read().decode("utf-8"))
-        changed = _changed(earlier, current)
-        if changed:
-            raise ConfigError(
-                f"{dst.uri} holds images made with other settings ({', '.join(changed[:4])}): "
-                "rerun with --overwrite to redo them all, or choose another --output"
-            )
-    text = json.dumps({**current, "folder_config": config.to_dict()}, indent=2, default=str)
-    folders.write_file(dst, path, text.encode("utf-8"))
-
-
-def _changed(earlier: dict, current: dict) -> list[str]:
-    out = []
-    if earlier.get("input") != current["input"]:
-        out.append(f"input {earlier.get('input')} -> {current['input']}")
-    if earlier.get("style_images") != current["style_images"]:
-        out.append("style images")
-    before, now = earlier.get("style", {}), current["style"]
-    for key in sorted(set(before) | set(now)):
-        if json.dumps(before.get(key)) != json.dumps(now.get(key)):
-            out.append(f"{key} {before.get(key)} -> {now.get(key)}")
-    return out
-
-
 # ------------------------------------------------------------------ Ray Data stages
 
 
@@ -218,7 +60,7 @@ def decode_batch(
     """Ray Data task: read, decode and size every image of the batch; failures become manifest
     parts here (and leave the stream), successes go on as raw RGB pixels. No torch is imported
     here, so these workers start fast."""
-    size_for = _size_checker(style, minimum)
+    size_for = size_checker(style, minimum)
     rows = []
     for item in batch.to_pylist():
         try:
@@ -228,7 +70,7 @@ def decode_batch(
             pixels = np.asarray(img, dtype=np.uint8)
         except Exception as exc:  # noqa: BLE001 - any bad file is a failed row, never a stopped job
             reason = _reason(exc, item["relpath"])
-            folders.write_manifest_part(dst, _record(_base(item), run_id, status="failed", error=reason))
+            folders.write_manifest_part(dst, manifest_record(_base(item), run_id, status="failed", error=reason))
             continue
         rows.append({
             **{k: item[k] for k in ("relpath", "input", "output", "out_path", "format", "input_bytes")},
@@ -303,12 +145,12 @@ class StylizeActor:
             try:
                 data = encode_image(to_pil(image), row["format"])
                 # The part first: a crash between the two only redoes this image on the rerun.
-                folders.write_manifest_part(self.dst, _record(base, self.run_id, status="done", **fields))
+                folders.write_manifest_part(self.dst, manifest_record(base, self.run_id, status="done", **fields))
                 folders.write_file(self.dst, row["out_path"], data)
                 return {"relpath": row["relpath"], "status": "done", "error": None}
             except Exception as exc:  # noqa: BLE001 - a full disk or a bad path fails one image
                 error = f"writing failed: {_reason(exc)}"
-        folders.write_manifest_part(self.dst, _record(base, self.run_id, status="failed", error=error))
+        folders.write_manifest_part(self.dst, manifest_record(base, self.run_id, status="failed", error=error))
         return {"relpath": row["relpath"], "status": "failed", "error": error}
 
 
@@ -350,11 +192,11 @@ def run_bulk(config: StylizeFolderConfig, *, address: str | None = None, echo=pr
             _execute(config, plan.todo, src, dst, style_bytes, run_id, address, echo)
     except BaseException:  # Ctrl-C or a crash: keep what finished in the manifest, then stop
         try:
-            _merge(plan, dst, run_id, time.perf_counter() - start)
+            merge_manifest(plan, dst, run_id, time.perf_counter() - start)
         except Exception:  # noqa: BLE001 - the parts stay; the next run merges them
             pass
         raise
-    summary = _merge(plan, dst, run_id, time.perf_counter() - start)
+    summary = merge_manifest(plan, dst, run_id, time.perf_counter() - start)
     echo(summary.line())
     for error in summary.errors:
         echo(f"  failed: {error}")
@@ -465,17 +307,3 @@ def _user_error(exc: BaseException) -> CvrayError | None:
     return None
 
 
-def _merge(plan: _Plan, dst: Folder, run_id: str, seconds: float) -> BulkSummary:
-    """Fold this run's parts (and listing failures) into the manifest; count this run's rows."""
-    records, parts = folders.read_manifest_state(dst)
-    for record in plan.failed:
-        records[record["relpath"]] = record
-    manifest = folders.write_manifest(dst, list(records.values()), parts)
-    mine = [r for r in records.values() if r["run_id"] == run_id]
-    done = sum(r["status"] == "done" for r in mine)
-    errors = collections.Counter(r["error"] for r in mine if r["status"] == "failed")
-    return BulkSummary(
-        done=done, skipped=plan.skipped, failed=sum(errors.values()), seconds=seconds,
-        images_per_sec=done / seconds if seconds > 0 else 0.0, manifest=manifest, run_id=run_id,
-        errors=[f"{n}x {e}" if n > 1 else e for e, n in errors.most_common(3)],
-    )

@@ -13,7 +13,7 @@ import pytest
 import stylize_folder
 from PIL import Image
 
-from cvray.bulk import plan_work
+from cvray.bulk_plan import plan_work
 from cvray.config import StyleConfig, StylizeFolderConfig
 from cvray.data import folders
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cvray.bulk import min_side, processing_size
+from cvray.bulk_plan import min_side, processing_size
 from cvray.config import StyleConfig, StylizeFolderConfig
 from cvray.data import folders
 from cvray.data.images import decode_image_at, encode_image
