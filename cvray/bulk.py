@@ -185,7 +185,7 @@ def run_bulk(config: StylizeFolderConfig, *, address: str | None = None, echo=pr
     run_id = uuid.uuid4().hex[:12]
     plan = plan_work(config, src, dst, run_id)
     has_outputs = any(r["status"] == "done" for r in plan.records.values())
-    check_run_config(config, dst, [hashlib.sha1(b).hexdigest() for b in style_bytes], has_outputs)
+    check_run_config(config, src, dst, [hashlib.sha1(b).hexdigest() for b in style_bytes], has_outputs)
     start = time.perf_counter()
     try:
         if plan.todo:
@@ -235,7 +235,7 @@ def _execute(config, todo, src, dst, style_bytes, run_id, address, echo) -> None
     env = _remote_env(src, dst)
     rows_per_call = max(1, min(4 * config.batch_size, math.ceil(len(todo) / (2 * num_actors))))
     echo(f"stylising {len(todo)} images with {num_actors} actor(s) on "
-         f"{'GPU' if use_gpu else f'{actor_cpus:.2g} CPUs, {threads} threads'} each")
+         f"{'GPU' if use_gpu else f'{actor_cpus:.2g} CPUs, {threads} torch thread(s)'} each")
     ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), max(2 * num_actors, len(todo) // 4)))
     ds = ds.map_batches(
         decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=DECODE_CPUS,

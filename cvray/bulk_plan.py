@@ -150,12 +150,16 @@ def manifest_record(base: dict, run_id: str, **fields) -> dict:
 
 
 def check_run_config(
-    config: StylizeFolderConfig, dst: Folder, style_digests: list[str], has_outputs: bool
+    config: StylizeFolderConfig, src: Folder, dst: Folder, style_digests: list[str], has_outputs: bool
 ) -> None:
     """Refuse to mix outputs made with other settings into one folder (unless --overwrite or
-    nothing was finished yet); then record this run's settings in OUTPUT/_cvray/config.json."""
+    nothing was finished yet); then record this run's settings in OUTPUT/_cvray/config.json.
+
+    The input is compared as the place it resolves to ("photos" and "./photos/" are one input),
+    the style images by content."""
     path = folders.metadata_path(dst, "config.json")
-    current = {"input": config.input, "style_images": style_digests, "style": config.style.to_dict()}
+    where = f"{src.fs.type_name}:{src.path}"
+    current = {"input": where, "style_images": style_digests, "style": config.style.to_dict()}
     if has_outputs and not config.overwrite and dst.fs.get_file_info(path).type == pafs.FileType.File:
         with dst.fs.open_input_stream(path) as f:
             earlier = json.loads(f.read().decode("utf-8"))

@@ -124,8 +124,9 @@ def test_bulk_job_writes_every_good_image_once_and_records_the_bad(ray_local, tm
         assert rows[rel]["output"] is None
     assert not list((out / "_cvray/parts").iterdir())  # merged into the manifest
 
-    # The same command again: finished images are neither re-read nor rewritten; failures retried.
-    assert _run(argv) == 0
+    # The same command again (the input spelt differently): finished images are neither re-read
+    # nor rewritten; failures are retried.
+    assert _run(["--input", f"{inp}/", *argv[2:]]) == 0
     assert f"done 0, skipped {len(GOOD)}, failed {len(BAD)}," in capsys.readouterr().out
     assert _outputs(out) == first
     again = {r["relpath"]: r for r in pq.read_table(out / "_cvray/manifest.parquet").to_pylist()}
