@@ -1,0 +1,122 @@
+"""CIFAR-10 training on one GPU, plain PyTorch (no Ray on the device machine).
+
+1. Training-step throughput of the d2l ResNet-18 (examples/sec, flip augmentation on the device)
+   at global batch 256 and larger, bf16 autocast + channels_last vs fp32, eager (and compiled if
+   time allows).
+2. The lab's recipe (Adam 1e-3, batch 256, 10 epochs, flip) on the CIFAR-10 Parquet: test accuracy
+   and examples/sec, i.e. what `jobs/train_cifar.py` does on one GPU worker.
+
+    PYTHONPATH=. python3 benchmarks/gpu_cifar.py --data-dir .devdata/cifar10 --out DIR [--tiny]
+
+--tiny runs a few steps on a few hundred images (to test the script on a CPU). Prints and writes
+one JSON object (DIR/gpu_cifar.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+from cvray.augment import BatchAugment
+from cvray.classify import fit, summarize
+from cvray.config import CifarTrainConfig
+from cvray.engine import DeviceDataset, train_one_epoch
+from cvray.models import d2l_resnet18
+
+
+def step_throughput(device, batch_size: int, precision: str, steps: int, compile_model: bool = False) -> dict:
+    """Examples/sec of the training step (index + flip + forward + backward + Adam) after warm-up."""
+    torch.manual_seed(0)
+    n = batch_size * steps
+    data = DeviceDataset(
+        torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
+        torch.randint(0, 10, (n,), device=device),
+    )
+    model = d2l_resnet18().to(device)
+    if precision == "bf16" and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda" or None)
+    start = time.perf_counter()
+    if compile_model:
+        model = torch.compile(model)
+    augment = BatchAugment(("flip",))
+    generator = torch.Generator(device=device).manual_seed(0)
+    warm = torch.arange(batch_size * 3, device=device) % n
+    train_one_epoch(model, optimizer, data, warm, batch_size, augment, generator, precision)
+    warmup_seconds = time.perf_counter() - start
+    out = train_one_epoch(model, optimizer, data, torch.arange(n, device=device), batch_size, augment, generator, precision)
+    return {
+        "batch_size": batch_size, "precision": precision, "compiled": compile_model, "steps": steps,
+        "examples_per_sec": round(out["examples"] / out["seconds"], 1),
+        "warmup_seconds": round(warmup_seconds, 2),
+    }
+
+
+def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool) -> dict:
+    from cvray.data.cifar import load_cifar10
+
+    config = CifarTrainConfig(
+        epochs=epochs, precision=precision, data_dir=data_dir,
+        train_samples=512 if tiny else None, test_samples=256 if tiny else None,
+    )
+    start = time.perf_counter()
+    arrays = load_cifar10(data_dir, download=False, train_samples=config.train_samples, test_samples=config.test_samples)
+    load_seconds = time.perf_counter() - start
+    rows = []
+    run = fit(config, arrays, device, on_epoch=lambda r: (rows.append(r), print(json.dumps(r), flush=True)))
+    summary = summarize(run.history)
+    return {
+        "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision,
+        "train_images": len(arrays.train_labels), "test_images": len(arrays.test_labels),
+        "data_load_seconds": round(load_seconds, 2), **{k: round(v, 4) for k, v in summary.items()},
+        "epoch_rows": rows,
+        "lab_line": f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, test acc {summary['test_acc']:.3f}",
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=".devdata/cifar10")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--tiny", action="store_true", help="a few steps on a few hundred images (CPU check)")
+    parser.add_argument("--max-seconds", type=float, default=240, help="skip remaining parts past this budget")
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    result = {
+        "benchmark": "gpu_cifar", "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__, "throughput": [], "skipped": [],
+    }
+    steps = 2 if args.tiny else 40
+    plan = [(256, "bf16", False), (256, "fp32", False), (512, "bf16", False), (1024, "bf16", False)]
+    if args.tiny:
+        plan = [(16, "bf16", False), (16, "fp32", False)]
+    for batch_size, precision, compiled in plan:
+        result["throughput"].append(step_throughput(device, batch_size, precision, steps, compiled))
+        print(json.dumps(result["throughput"][-1]), flush=True)
+    epochs = 1 if args.tiny else args.epochs
+    result["lab_recipe_bf16"] = lab_recipe(device, args.data_dir, epochs, "bf16", args.tiny)
+    if not args.tiny and time.perf_counter() - t0 < args.max_seconds * 0.6:
+        try:
+            result["throughput"].append(step_throughput(device, 256, "bf16", steps, compile_model=True))
+        except Exception as exc:  # torch.compile can fail on a toolchain: report, don't lose the rest
+            result["skipped"].append(f"compiled bf16 256: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    else:
+        result["skipped"].append("compiled bf16 256 (time budget)")
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_cifar.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps({k: v for k, v in result.items() if k != "lab_recipe_bf16"}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
