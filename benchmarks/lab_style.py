@@ -98,5 +98,5 @@ def lab_stylize(net, content_X, style_X, *, lr=0.3, num_epochs=500, lr_decay_epo
         trainer.step()
         scheduler.step()
         if (_epoch + 1) % 10 == 0:  # the lab's animator logs every 10 epochs
-            log.append([float(sum(contents_l)), float(sum(styles_l)), float(tv_l)])
+            log.append([float(sum(contents_l).detach()), float(sum(styles_l).detach()), float(tv_l.detach())])
     return X.detach(), log

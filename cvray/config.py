@@ -130,6 +130,9 @@ class StyleConfig(_JsonConfig):
     """What the lab's layers 0, 5, 10, 19, 28 really capture."""
     style_layer_weights: tuple[float, ...] | None = None
     """One weight per style layer, multiplying its Gram loss; None: all 1 (the lab)."""
+    normalized_losses: bool = False
+    """Divide each layer's content/style loss by its target's mean square (per image), so the
+    weights are relative and do not depend on the network's activation scale. False: the lab."""
     style_blend: tuple[float, ...] | None = None
     """Weights of several style images (normalised to sum 1); None: equal."""
     original_colors: bool = False

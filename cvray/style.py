@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from cvray.config import StyleConfig
-from cvray.data.images import shrink_to_long_side, to_tensor
+from cvray.data.images import load_image, shrink_to_long_side, to_tensor
 from cvray.errors import ConfigError
 from cvray.vgg import VGGTaps, build_vgg_features, default_content_layers
 
@@ -86,6 +86,16 @@ def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- the batched optimiser
+
+
+@dataclass
+class _Targets:
+    """What one batch is optimised towards."""
+
+    content: dict[str, torch.Tensor]  # layer -> (B, C, H, W) fp32
+    grams: dict[str, torch.Tensor]  # layer -> (C, C) fp32, blended over style images
+    scales: dict[str, torch.Tensor | float]  # divisor of each layer's loss: 1, or (B,) / scalar
+    style_weights: torch.Tensor  # (B,)
 
 
 @dataclass
@@ -179,38 +189,45 @@ class Stylizer:
         callback: Callable[[int, torch.Tensor], None] | None = None,
         callback_every: int = 1,
         seed: int | Sequence[int] | None = None,
+        style_weights: Sequence[float] | None = None,
     ) -> StyleResult:
         """Optimise B content images (B, 3, H, W) in [0, 1], all of one shape, on any device.
 
         callback(iteration, images) is called after every `callback_every`-th step with the
         current (B, 3, H, W) [0, 1] images on the device. seed (noise init only): an int gives
         image i the seed seed + i, a sequence one seed per image; None: config.seed.
+        style_weights: one style weight per image instead of config.style_weight (a style-weight
+        sweep in one batch).
         """
-        if contents.ndim != 4 or contents.shape[1] != 3:
-            raise ConfigError(f"contents must be (B, 3, H, W), got {tuple(contents.shape)}")
         prev_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32 or self.fast  # Gram matmuls in fp32 storage
         try:
-            return self._optimise(contents, callback, callback_every, seed)
+            return self._optimise(contents, callback, callback_every, seed, style_weights)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
-    def _optimise(self, contents, callback, callback_every, seed) -> StyleResult:
+    def evaluate(
+        self, images: torch.Tensor, contents: torch.Tensor, style_weights: Sequence[float] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The weighted loss terms {"content", "style", "tv", "total": (B,)} of images (B, 3, H, W)
+        in [0, 1] against their contents, exactly as stylize() computes them (differentiable)."""
+        targets = self._targets(contents.to(self.device, torch.float32), style_weights)
+        terms = self._loss_terms(normalize(images.to(self.device)), targets)
+        return dict(zip(LOSS_NAMES, terms))
+
+    def _optimise(self, contents, callback, callback_every, seed, style_weights) -> StyleResult:
         cfg = self.config
         self._sync()
         start = time.perf_counter()
         contents = contents.to(self.device, torch.float32)
-        grams = self.style_grams(*contents.shape[2:])
-        with torch.no_grad():
-            feats = self._features(normalize(contents))
-            content_targets = {n: feats[n].float() for n in self.content_layers}
+        targets = self._targets(contents, style_weights)
         x = self._init(contents, seed).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
         history = []
         for iteration in range(1, cfg.iterations + 1):
             optimizer.zero_grad(set_to_none=True)
-            terms = self._loss_terms(x, content_targets, grams)  # (4, B)
+            terms = self._loss_terms(x, targets)  # (4, B)
             terms[3].sum().backward()  # sum over images: each image gets its solo gradient
             optimizer.step()
             scheduler.step()
@@ -227,15 +244,41 @@ class Stylizer:
             seconds=time.perf_counter() - start,
         )
 
-    def _loss_terms(self, x, content_targets, grams) -> torch.Tensor:
-        """Weighted per-image terms (4, B): content, style, TV and their sum."""
+    @torch.no_grad()
+    def _targets(self, contents: torch.Tensor, style_weights) -> _Targets:
+        if contents.ndim != 4 or contents.shape[1] != 3:
+            raise ConfigError(f"contents must be (B, 3, H, W), got {tuple(contents.shape)}")
+        b = contents.shape[0]
+        weights = [self.config.style_weight] * b if style_weights is None else list(style_weights)
+        if len(weights) != b:
+            raise ConfigError(f"got {len(weights)} style weights for {b} images")
+        feats = self._features(normalize(contents))
+        content = {n: feats[n].float() for n in self.content_layers}
+        grams = self.style_grams(*contents.shape[2:])
+        if self.config.normalized_losses:  # per image for content, per layer for style
+            tiny = torch.finfo(torch.float32).tiny
+            scales = {n: t.square().mean(dim=(1, 2, 3)).clamp_min(tiny) for n, t in content.items()}
+            scales.update({"gram:" + n: g.square().mean().clamp_min(tiny) for n, g in grams.items()})
+        else:
+            scales = {**{n: 1.0 for n in content}, **{"gram:" + n: 1.0 for n in grams}}
+        weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        return _Targets(content, grams, scales, weights)
+
+    def _loss_terms(self, x: torch.Tensor, targets: _Targets) -> torch.Tensor:
+        """Weighted per-image terms (4, B) of the normalised images x: content, style, TV, sum."""
         cfg = self.config
         feats = self._features(x)  # autocast ends here: the losses run in fp32
-        content = sum(content_loss(feats[n], content_targets[n]) for n in self.content_layers)
-        style = sum(
-            w * style_loss(feats[n], grams[n]) for n, w in zip(self.style_layers, self.layer_weights)
+        content = sum(
+            content_loss(feats[n], targets.content[n]) / targets.scales[n]
+            for n in self.content_layers
         )
-        c, s, t = cfg.content_weight * content, cfg.style_weight * style, cfg.tv_weight * tv_loss(x)
+        style = sum(
+            w * style_loss(feats[n], targets.grams[n]) / targets.scales["gram:" + n]
+            for n, w in zip(self.style_layers, self.layer_weights)
+        )
+        c = cfg.content_weight * content
+        s = targets.style_weights * style
+        t = cfg.tv_weight * tv_loss(x)
         return torch.stack([c, s, t, c + s + t])
 
     def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -298,3 +341,32 @@ def validate_style_config(config: StyleConfig, n_styles: int | None = None) -> N
         raise ConfigError("iterations must be >= 0, lr and style_scale > 0")
     if config.shape is not None and (len(config.shape) != 2 or min(config.shape) < 1):
         raise ConfigError(f"shape must be (height, width) >= 1, got {config.shape}")
+
+
+def load_style_images(paths: Sequence[str], max_side: int = 4096) -> list[Image.Image]:
+    """Decode style images (local paths or URIs); DataError names a missing or corrupt one."""
+    return [load_image(path, max_side=max_side) for path in paths]
+
+
+# ---------------------------------------------------------------- presets
+
+STYLE_PRESETS: dict[str, dict] = {
+    # The lab's numbers: StyleConfig's defaults.
+    "lab": {},
+    # Measured on the shared VGG-16 weights (docs/style.md): normalised losses make the weights
+    # relative, so the style weight sets the strength whatever the network's activation scale.
+    "balanced": {
+        "normalized_losses": True,
+        "style_layers": ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        "content_layers": ("relu4_2",),
+        "lr": 0.05,
+        "style_weight": 3.0,
+    },
+}
+
+
+def preset_config(name: str = "lab", **overrides) -> StyleConfig:
+    """StyleConfig from a named preset, then `overrides` (any StyleConfig field) on top."""
+    if name not in STYLE_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(STYLE_PRESETS)}")
+    return StyleConfig(**{**STYLE_PRESETS[name], **overrides, "preset": name})

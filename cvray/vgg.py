@@ -26,6 +26,7 @@ from cvray.errors import ConfigError, DataError
 
 ARCHS = ("vgg16", "vgg19")
 CONVS_PER_BLOCK = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+_CFG = {"vgg16": "D", "vgg19": "E"}  # torchvision.models.vgg.cfgs keys
 _BUILDERS = {"vgg16": torchvision.models.vgg16, "vgg19": torchvision.models.vgg19}
 _IMAGENET_WEIGHTS = {
     "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
@@ -106,13 +107,23 @@ def build_vgg_features(arch: str = "vgg19", weights: str | None = None) -> nn.Se
                 f"cannot load {arch} {enum} ({_one_line(exc)}); offline? pass --weights PATH "
                 f"to a local state dict"
             ) from None
+    elif weights == "random":
+        features = _make_features(arch)
+        for layer in features:  # torchvision's VGG init, without building the classifier
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
     else:
-        features = _BUILDERS[arch](weights=None).features
-        if weights != "random":
-            features.load_state_dict(load_features_state_dict(weights, arch, features))
+        with torch.device("meta"):  # no init: every tensor comes from the file
+            features = _make_features(arch)
+        features.load_state_dict(load_features_state_dict(weights, arch, features), assign=True)
     features.eval()
     features.requires_grad_(False)
     return features
+
+
+def _make_features(arch: str) -> nn.Sequential:
+    return torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[_CFG[arch]])
 
 
 def load_features_state_dict(path: str, arch: str, features: nn.Sequential) -> dict[str, torch.Tensor]:
