@@ -43,7 +43,10 @@ PYTHON_TEST_FILE = "test_batch"
 _LOCK_NAME = ".cifar10.lock"
 _HINT = "put cifar-10-batches-py/, train.parquet+test.parquet or train/<class>/ + test/<class>/ folders there"
 _SIDE = 32  # CIFAR-10 images are 32x32 RGB
-_THREADS = min(8, os.cpu_count() or 1)  # decode threads: overlap file reads and libjpeg
+# Decoding a 32x32 JPEG takes microseconds and the per-image Python work holds the GIL, so extra
+# threads only slowed local reads down (benchmarks/cifar_decode.py); they do hide object-store latency.
+_LOCAL_THREADS = 1
+_REMOTE_THREADS = 16
 _CHUNK = 2048  # images per decode task
 
 
@@ -269,7 +272,7 @@ def _read_parquet(folder: str, split: str, limit: int | None) -> tuple[np.ndarra
     labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
     _check_labels(labels, path)
     blobs = table.column("image").to_pylist()
-    return _decode_all(blobs, lambda i: f"{path} row {i}"), labels
+    return _decode_all(blobs, lambda i: f"{path} row {i}", threads=_LOCAL_THREADS), labels
 
 
 def _read_rows(path: str, limit: int | None) -> pa.Table:
@@ -316,7 +319,8 @@ def _read_folders(folder: str, split: str, limit: int | None) -> tuple[np.ndarra
     labels = np.asarray(labels, dtype=np.int64)[order]
     # names for messages: the user's path or URI of each file
     name_of = lambda i: storage.join(split_dir, files[i][len(root) + 1:])  # noqa: E731
-    return _decode_all(files, name_of, read=_file_reader(fs)), labels
+    threads = _LOCAL_THREADS if isinstance(fs, pafs.LocalFileSystem) else _REMOTE_THREADS
+    return _decode_all(files, name_of, read=_file_reader(fs), threads=threads), labels
 
 
 def _list_class_files(fs: pafs.FileSystem, root: str, split_dir: str) -> tuple[list[str], list[int]]:
@@ -355,20 +359,19 @@ def _file_reader(fs: pafs.FileSystem) -> Callable[[str], bytes]:
 # ----------------------------------------------------------------------------- decoding
 
 def _decode_all(items: list, name_of: Callable[[int], str], *, read: Callable | None = None,
-                threads: int | None = None) -> np.ndarray:
-    """Decode encoded images (or files, with `read`) into one (N, 3, 32, 32) uint8 array.
-
-    Chunks of _CHUNK images run on a thread pool (file reads and libjpeg release the GIL).
-    """
+                threads: int = 1) -> np.ndarray:
+    """Decode encoded images (or files, with `read`) into one (N, 3, 32, 32) uint8 array,
+    in chunks of at most _CHUNK images; with threads > 1 the chunks run on a thread pool."""
     out = np.empty((len(items), 3, _SIDE, _SIDE), dtype=np.uint8)
+    step = max(1, min(_CHUNK, -(-len(items) // threads)))  # every thread gets work
 
     def decode_range(start: int) -> None:
-        stop = min(start + _CHUNK, len(items))
+        stop = min(start + step, len(items))
         blobs = [read(items[i]) if read else items[i] for i in range(start, stop)]
         _decode_chunk(blobs, out[start:stop], lambda j: name_of(start + j))
 
-    with ThreadPoolExecutor(max_workers=threads or _THREADS) as pool:
-        for _ in pool.map(decode_range, range(0, len(items), _CHUNK)):
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(decode_range, range(0, len(items), step)):
             pass  # re-raises the first error, in row order
     return out
 
