@@ -76,10 +76,10 @@ def cvray_epoch(images, labels, augmenter, batch_size, generator) -> float:
         index = order[first:first + batch_size]
         # index_select, not images[index]: advanced indexing is ~20x slower on CPU here
         batch = augmenter(images.index_select(0, index), generator=generator)
-        _labels = labels.index_select(0, index)
+        batch_labels = labels.index_select(0, index)
     _sync(images.device)
     seconds = time.perf_counter() - start
-    assert batch.dtype == torch.float32 and batch.shape[1:] == (3, 32, 32)
+    assert batch.dtype == torch.float32 and batch.shape[1:] == (3, 32, 32) and len(batch_labels) == len(batch)
     return seconds
 
 
@@ -108,7 +108,8 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
 
     data = load_cifar10(args.data_dir, download=False, train_samples=args.samples)
     images = data.train_images.permute(0, 2, 3, 1).contiguous().numpy()
-    return images, data.train_labels.numpy(), f"CIFAR-10 train ({data.source}) from {args.data_dir}, {len(images)} images"
+    note = f"CIFAR-10 train ({data.source}) from {args.data_dir}, {len(images)} images"
+    return images, data.train_labels.numpy(), note
 
 
 def main() -> None:

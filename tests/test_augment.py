@@ -30,7 +30,10 @@ def _gen(seed=0) -> torch.Generator:
 # ---------------------------------------------------------------- BatchAugment contract
 
 
-@pytest.mark.parametrize("names", [(name,) for name in AUG_PRESETS] + [("flip", "crop"), ("vflip", "hue", "brightness")])
+COMBINATIONS = [(name,) for name in AUG_PRESETS] + [("flip", "crop"), ("vflip", "hue", "brightness")]
+
+
+@pytest.mark.parametrize("names", COMBINATIONS)
 def test_every_preset_gives_float_unit_range_at_input_size(names):
     images = _images(batch=16, height=24, width=20)
     out = BatchAugment(names)(images, generator=_gen())
