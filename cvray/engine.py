@@ -91,10 +91,11 @@ def train_one_epoch(
     start = time.perf_counter()
     for begin in range(0, indices.numel(), batch_size):
         batch = indices[begin:begin + batch_size]
-        x = augment(data.images[batch], generator)  # uint8 -> float32 (B, 3, H, W) in [0, 1]
+        # index_select: a plain gather (advanced indexing is ~20x slower on CPU here).
+        x = augment(data.images.index_select(0, batch), generator)  # uint8 -> float32 (B, 3, H, W) in [0, 1]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = data.labels[batch]
+        y = data.labels.index_select(0, batch)
         with autocast(device, precision):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -123,12 +124,12 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for begin in range(0, indices.numel(), batch_size):
         batch = indices[begin:begin + batch_size]
-        x = data.images[batch].float().div_(255.0)
+        x = data.images.index_select(0, batch).float().div_(255.0)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             logits = model(x)
-        correct += (logits.argmax(dim=1) == data.labels[batch]).sum()
+        correct += (logits.argmax(dim=1) == data.labels.index_select(0, batch)).sum()
     model.train(was_training)
     return {"correct": float(correct.item()), "examples": float(indices.numel())}
 

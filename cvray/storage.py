@@ -66,6 +66,13 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write `data` so that `path` is either absent, the old file, or the whole new file."""
     fs, p = resolve(path)
     parent = posixpath.dirname(p) if is_uri(path) else os.path.dirname(p)
+    try:
+        _write(fs, p, parent, data)
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {_one_line(exc)}") from None
+
+
+def _write(fs: pafs.FileSystem, p: str, parent: str, data: bytes) -> None:
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = os.path.join(parent, f".{os.path.basename(p)}.{uuid.uuid4().hex[:8]}.tmp")
