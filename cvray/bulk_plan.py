@@ -180,7 +180,7 @@ def _changed(earlier: dict, current: dict) -> list[str]:
     if earlier.get("style_images") != current["style_images"]:
         out.append("style images")
     before, now = earlier.get("style", {}), current["style"]
-    for key in sorted(set(before) | set(now)):
+    for key in sorted(set(before) & set(now)):  # a field added by a newer cvray is not a change
         if json.dumps(before.get(key)) != json.dumps(now.get(key)):
             out.append(f"{key} {before.get(key)} -> {now.get(key)}")
     return out
