@@ -57,11 +57,11 @@ def step_throughput(device, batch_size: int, precision: str, steps: int, compile
     }
 
 
-def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool) -> dict:
+def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, seed: int = 0) -> dict:
     from cvray.data.cifar import load_cifar10
 
     config = CifarTrainConfig(
-        epochs=epochs, precision=precision, data_dir=data_dir,
+        epochs=epochs, precision=precision, data_dir=data_dir, seed=seed,
         train_samples=512 if tiny else None, test_samples=256 if tiny else None,
     )
     start = time.perf_counter()
@@ -71,7 +71,7 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool) -
     run = fit(config, arrays, device, on_epoch=lambda r: (rows.append(r), print(json.dumps(r), flush=True)))
     summary = summarize(run.history)
     return {
-        "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision,
+        "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision, "seed": seed,
         "train_images": len(arrays.train_labels), "test_images": len(arrays.test_labels),
         "data_load_seconds": round(load_seconds, 2), **{k: round(v, 4) for k, v in summary.items()},
         "epoch_rows": rows,
@@ -86,6 +86,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="a few steps on a few hundred images (CPU check)")
     parser.add_argument("--max-seconds", type=float, default=240, help="skip remaining parts past this budget")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--recipes", default="bf16:0", help="lab-recipe runs as PRECISION:SEED,... (e.g. bf16:0,fp32:0)")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile at batch 256 (costs ~1 min)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -106,13 +108,16 @@ def main(argv=None) -> dict:
         with open(os.path.join(args.out, "gpu_cifar.json"), "w") as f:
             json.dump(result, f, indent=1)
 
-    for batch_size, precision, compiled in plan:
+    for batch_size, precision, compiled in ([] if args.skip_throughput else plan):
         result["throughput"].append(step_throughput(device, batch_size, precision, steps, compiled))
         print(json.dumps(result["throughput"][-1]), flush=True)
         save()
     epochs = 1 if args.tiny else args.epochs
-    result["lab_recipe_bf16"] = lab_recipe(device, args.data_dir, epochs, "bf16", args.tiny)
-    save()
+    result["lab_recipes"] = []
+    for spec in args.recipes.split(","):
+        precision, seed = spec.split(":")
+        result["lab_recipes"].append(lab_recipe(device, args.data_dir, epochs, precision, args.tiny, int(seed)))
+        save()
     if args.compile and time.perf_counter() - t0 < args.max_seconds * 0.5:
         try:
             result["throughput"].append(step_throughput(device, 256, "bf16", steps, compile_model=True))
@@ -121,7 +126,7 @@ def main(argv=None) -> dict:
     elif args.compile:
         result["skipped"].append("compiled bf16 256 (time budget)")
     save()
-    print(json.dumps({k: v for k, v in result.items() if k != "lab_recipe_bf16"}))
+    print(json.dumps({k: v for k, v in result.items() if k != "lab_recipes"}))
     return result
 
 
