@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     settings = {"batch_size": args.batch_size, "steps": args.steps, "threads": args.cpus}
     direct, via_ray = [], []
     try:

@@ -34,8 +34,11 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = {"log_to_driver": True, "logging_level": "WARNING" if quiet else "INFO"}
         if address is None or address == "local":
-            # Ray Train's state checks need the dashboard; keep its web server on loopback.
-            ray.init(dashboard_host="127.0.0.1", **kwargs)
+            # address="local": a new Ray even if a `ray start` cluster (or a stale record of one)
+            # exists here; `--address auto` joins that one. Ray Train's state checks need the
+            # dashboard: keep its web server on loopback. PYTHONPATH lets workers import cvray
+            # from a checkout that isn't pip-installed.
+            ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=_runtime_env_for_local(), **kwargs)
         else:
             _check_reachable(address)
             try:
@@ -48,6 +51,12 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
         cpus=float(resources.get("CPU", 0.0)), gpus=float(resources.get("GPU", 0.0)),
         nodes=nodes, address=ray.get_runtime_context().gcs_address,
     )
+
+
+def _runtime_env_for_local() -> dict:
+    root = os.path.dirname(CVRAY_PACKAGE_DIR)
+    paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 
 
 def _runtime_env_for_remote() -> dict | None:

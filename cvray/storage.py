@@ -28,10 +28,19 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         if path.startswith("file://"):
             return pafs.LocalFileSystem(), str(Path(path[len("file://"):]).expanduser().resolve())
         try:
-            return pafs.FileSystem.from_uri(path)
+            return pafs.FileSystem.from_uri(_single_put(path))
         except Exception as exc:  # pyarrow raises several types for bad URIs/credentials
             raise DataError(f"cannot open {path}: {_one_line(exc)}") from None
     return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def _single_put(uri: str) -> str:
+    """S3: allow_delayed_open=true writes objects smaller than one upload part with a single PUT
+    instead of a multipart upload (fewer requests; emulators such as moto 5.2 mishandle
+    CompleteMultipartUpload)."""
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
 
 
 def join(base: str, *parts: str) -> str:

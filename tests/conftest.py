@@ -26,11 +26,12 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a `ray start` cluster that happens to run here
             num_cpus=2,
             dashboard_host="127.0.0.1",  # Ray Train state checks need it; loopback only
             resources={"TRAIN_DRIVER": 4},
             log_to_driver=False,
-            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONPATH": str(REPO_ROOT)}},
         )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -69,22 +69,14 @@ class FileEntry:
 def open_folder(uri: str) -> Folder:
     """Resolve a local path or object-store URI to a Folder (it need not exist yet).
 
-    S3 URIs get allow_delayed_open=true, so an object smaller than one upload part is written
-    with a single PUT instead of a multipart upload (fewer requests; emulators such as moto 5.2
-    mishandle CompleteMultipartUpload).
+    S3 objects smaller than one upload part are written with a single PUT (storage.resolve).
     """
-    fs, path = storage.resolve(_single_put(str(uri)))
+    fs, path = storage.resolve(str(uri))
     if isinstance(fs, pafs.LocalFileSystem):
         path = os.path.realpath(path)  # symlinks resolved, so nesting checks compare real places
     else:
         path = path.rstrip("/")
     return Folder(uri=str(uri), fs=fs, path=path)
-
-
-def _single_put(uri: str) -> str:
-    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
-        return uri
-    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
 
 
 def list_files(folder: Folder) -> list[FileEntry]:
