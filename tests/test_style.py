@@ -281,3 +281,36 @@ def test_presets_and_config_errors():
         Stylizer(StyleConfig(), [], features=features)
     with pytest.raises(ConfigError, match="relu4_4"):  # unknown layer: the valid ones are listed
         Stylizer(StyleConfig(content_layers=("relu6_1",)), [stripes()], features=features)
+
+
+def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
+    """benchmarks/gpu_style.py --tiny: every config and the comparison picture, in seconds."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cvray.vgg import build_vgg_features
+
+    repo = Path(__file__).resolve().parents[1]
+    torch.manual_seed(0)
+    weights = tmp_path / "vgg16.pth"
+    torch.save({k: v.half() for k, v in build_vgg_features("vgg16", "random").state_dict().items()},
+               weights)
+    to_pil(picture(1, 40, 60)).save(tmp_path / "content.png")
+    stripes().save(tmp_path / "style.png")
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "gpu_style.py"), "--tiny", "--device", "cpu",
+         "--out", str(tmp_path / "out"), "--batch-sizes", "2", "--weights", str(weights),
+         "--content", str(tmp_path / "content.png"), "--style", str(tmp_path / "style.png")],
+        capture_output=True, text=True, timeout=600, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    names = [run["name"] for run in report["runs"]]
+    assert names == ["cvray_bf16_b2", "lab", "cvray_bf16_b1", "cvray_fp32_b2", "lab_frozen"]
+    assert all(run["seconds_per_image"] > 0 for run in report["runs"])
+    assert report["best_cvray"]["name"].startswith("cvray_bf16")
+    picture_info = report["picture"]
+    assert Image.open(picture_info["path"]).height == 3 * (32 + 18) + 2 * 4  # 3 captioned rows
+    assert set(picture_info["settings"]) == {"lab", "balanced"}
+    assert json.loads((tmp_path / "out" / "gpu_style.json").read_text()) == report
