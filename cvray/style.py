@@ -178,6 +178,7 @@ class Stylizer:
             blended = {}
             for weight, image in zip(self.blend, self.style_images):
                 x = to_tensor(shrink_to_long_side(image, long_side)).unsqueeze(0).to(self.device)
+                self._check_size(*x.shape[2:], "style image")
                 feats = self._features(normalize(x))
                 for name in self.style_layers:
                     blended[name] = blended.get(name, 0) + weight * gram(feats[name])[0]
@@ -252,6 +253,7 @@ class Stylizer:
     def _targets(self, contents: torch.Tensor, style_weights) -> _Targets:
         if contents.ndim != 4 or contents.shape[1] != 3:
             raise ConfigError(f"contents must be (B, 3, H, W), got {tuple(contents.shape)}")
+        self._check_size(*contents.shape[2:], "content")
         b = contents.shape[0]
         weights = [self.config.style_weight] * b if style_weights is None else list(style_weights)
         if len(weights) != b:
@@ -311,6 +313,14 @@ class Stylizer:
         if self.config.original_colors:
             images = keep_original_colors(images, contents)
         return images
+
+    def _check_size(self, height: int, width: int, what: str) -> None:
+        if min(height, width) < self.taps.min_side:
+            deepest = self.taps.layer_names[-1]
+            raise ConfigError(
+                f"{what} {height}x{width} is too small for layer {deepest}: it needs at least "
+                f"{self.taps.min_side} px on each side (use a larger --size/--shape or shallower layers)"
+            )
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

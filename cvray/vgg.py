@@ -182,6 +182,8 @@ class VGGTaps(nn.Module):
         self.layers = nn.Sequential(*list(features)[:depth])
         self.layer_names = all_names[:depth]
         self.names = tuple(dict.fromkeys(names))  # requested, in order, without repeats
+        pools = sum(isinstance(layer, nn.MaxPool2d) for layer in self.layers)
+        self.min_side = 2**pools  # smallest input height/width that leaves every tap >= 1 px
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted, taps = set(self.names), {}

@@ -314,3 +314,11 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
     assert Image.open(picture_info["path"]).height == 3 * (32 + 18) + 2 * 4  # 3 captioned rows
     assert set(picture_info["settings"]) == {"lab", "balanced"}
     assert json.loads((tmp_path / "out" / "gpu_style.json").read_text()) == report
+
+
+def test_too_small_images_are_a_clear_error():
+    stylizer = Stylizer(StyleConfig(iterations=1, **LAB_LAYERS), [stripes()], features=tiny_vgg19())
+    assert stylizer.taps.min_side == 16  # conv5_1 comes after 4 max-pools
+    with pytest.raises(ConfigError, match="content 12x40 is too small for layer conv5_1.*16 px"):
+        stylizer.stylize(torch.rand(1, 3, 12, 40))
+    assert stylizer.stylize(torch.rand(1, 3, 16, 40)).images.shape == (1, 3, 16, 40)
