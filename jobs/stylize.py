@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import posixpath
 import sys
 
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
     config = _style_args.style_config_from_args(args)
     device = _style_args.resolve_device(args)
     paths = output_paths(args.output)
+    if not storage.is_uri(args.output) and os.path.realpath(args.output) == os.path.realpath(args.content):
+        raise ConfigError("--output is the content image itself; choose another path")
     content = load_image(args.content)
     styles = load_style_images(args.style)
     stylizer = Stylizer(config, styles, device=device)

@@ -120,6 +120,7 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, images, capsys):
          "do not fit vgg19"),
         (["--content", content, "--style", style, "--output", out, "--style-blend", "1,2"],
          "2 weights for 1 style images"),
+        (["--content", content, "--style", style, "--output", content], "content image itself"),
     ]
     for argv, message in cases:
         code, _, err = run_job([*argv, "--iterations", "1", "--no-gpu"], capsys)
