@@ -2,7 +2,8 @@
 
 Same model (d2l ResNet-18), data (synthetic CIFAR-shaped uint8 on the device), batch, flip
 augmentation and torch thread count on both sides; rounds alternate direct / Ray so machine drift
-hits both. Steady-state examples/sec excludes a warm-up pass; Ray's fixed start-up (fit() call to
+hits both. The direct side runs in a fresh process that never imports Ray (a driver that has
+called ray.init carries Ray's own threads). Steady-state examples/sec excludes a warm-up pass; Ray's fixed start-up (fit() call to
 the worker's first step, and fit() end to end) is reported separately.
 
     python benchmarks/ray_overhead.py [--batch-size 64] [--steps 8] [--rounds 2] [--cpus 2]
@@ -83,6 +84,18 @@ def run_ray(settings: dict, cpus: int) -> dict:
     return {**captured, "startup_seconds": captured["first_step_at"] - start, "fit_seconds": total}
 
 
+def measure_direct(settings: dict) -> dict:
+    """measure() in a fresh Python process without Ray."""
+    import subprocess
+
+    code = (
+        "import json, sys; sys.path[:0] = {paths!r}; from ray_overhead import measure; "
+        "print(json.dumps(measure({settings!r})))"
+    ).format(paths=sys.path[:2] + [os.path.dirname(os.path.abspath(__file__))], settings=settings)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -98,7 +111,7 @@ def main(argv=None) -> dict:
     direct, via_ray = [], []
     try:
         for _ in range(args.rounds):
-            direct.append(measure(settings))
+            direct.append(measure_direct(settings))
             via_ray.append(run_ray(settings, args.cpus))
     finally:
         ray.shutdown()
