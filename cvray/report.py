@@ -26,6 +26,11 @@ def curves_png(history: Sequence[dict[str, Any]], title: str = "") -> bytes:
     ax.set_ylim(0, max(1.0, max(r["train_loss"] for r in rows) * 1.05))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
+    return figure_png(fig, ax, title)
+
+
+def figure_png(fig, ax, title: str = "") -> bytes:
+    """Finish a one-axes figure (title, tight layout) and return it as PNG bytes; closes it."""
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -40,9 +40,8 @@ def comparison_picture(
 
 def loss_curves_png(losses: dict[str, np.ndarray], title: str = "") -> bytes:
     """PNG of per-iteration losses {name: (iterations,)} on a log scale, like the lab's animator."""
-    import matplotlib
+    from cvray.report import figure_png  # imported first: it selects matplotlib's Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
@@ -55,13 +54,7 @@ def loss_curves_png(losses: dict[str, np.ndarray], title: str = "") -> bytes:
     ax.set_ylabel("loss (weighted)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, ax, title)
 
 
 def png_bytes(image: Image.Image) -> bytes:
