@@ -194,9 +194,13 @@ def merge_manifest(plan: _Plan, dst: Folder, run_id: str, seconds: float) -> Bul
     manifest = folders.write_manifest(dst, list(records.values()), parts)
     mine = [r for r in records.values() if r["run_id"] == run_id]
     done = sum(r["status"] == "done" for r in mine)
-    errors = collections.Counter(r["error"] for r in mine if r["status"] == "failed")
+    failed = sorted((r for r in mine if r["status"] == "failed"), key=lambda r: r["relpath"])
+    errors = collections.Counter(r["error"] for r in failed)
+    example = {}  # reason -> first file that failed with it, so the console names a file
+    for r in failed:
+        example.setdefault(r["error"], r["relpath"])
     return BulkSummary(
-        done=done, skipped=plan.skipped, failed=sum(errors.values()), seconds=seconds,
+        done=done, skipped=plan.skipped, failed=len(failed), seconds=seconds,
         images_per_sec=done / seconds if seconds > 0 else 0.0, manifest=manifest, run_id=run_id,
-        errors=[f"{n}x {e}" if n > 1 else e for e, n in errors.most_common(3)],
+        errors=[f"{example[e]}: {e}" + (f" (and {n - 1} more)" if n > 1 else "") for e, n in errors.most_common(3)],
     )

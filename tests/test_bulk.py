@@ -174,7 +174,9 @@ def test_bulk_job_reads_and_writes_an_object_store(ray_local, tmp_path, style_im
         argv = ["--input", f"s3://photos/in{query}", "--output", f"s3://photos/out{query}",
                 "--style", style_image, *FAST]
         assert _run(argv) == 0
-        assert "done 2, skipped 0, failed 1," in capsys.readouterr().out
+        console = capsys.readouterr().out
+        assert "done 2, skipped 0, failed 1," in console
+        assert "  failed: broken.png: not a readable image" in console  # the console names the file
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="photos", Prefix="out/")["Contents"]}
         assert {"out/x.jpg", "out/d/y.png", "out/_cvray/manifest.parquet"} <= keys
         assert not [k for k in keys if k.startswith("out/_cvray/parts/") and k.endswith(".parquet")]
