@@ -44,6 +44,14 @@ def write_curves(path: str, history: Sequence[dict[str, Any]], title: str = "") 
     storage.write_bytes_atomic(path, curves_png(history, title))
 
 
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """One progress line per epoch, e.g. `epoch 3/10: loss 0.658, train acc 0.770, test acc 0.727, 33044.8 examples/sec, 1.6 s`."""
+    return (
+        f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.3f}, train acc {row['train_acc']:.3f}, "
+        f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec, {row['epoch_seconds']:.1f} s"
+    )
+
+
 def lab_lines(summary: dict[str, Any], devices: Sequence[str]) -> str:
     """The lab's two closing lines, e.g.
     `loss 0.178, train acc 0.938, test acc 0.844` / `5647.3 examples/sec on [cuda:0, cuda:1]`."""

@@ -57,6 +57,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                 # after a lost report leaves one row.
                 runs.write_metrics(directory, run.history)
                 report.write_curves(storage.join(directory, "curves.png"), run.history, directory.rsplit("/", 1)[-1])
+                print(report.epoch_line(row, config.epochs), flush=True)  # progress on the driver's console
             # A barrier: every worker reports once per epoch.
             ray.train.report({**row, "devices": device_names}, checkpoint=checkpoint)
     if run.rank == 0:
