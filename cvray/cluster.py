@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvray.errors import ClusterError
+from cvray.errors import ClusterError, first_line
 
 CVRAY_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
@@ -44,7 +44,7 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
             try:
                 ray.init(address=address, runtime_env=_runtime_env_for_remote(), **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ClusterError(f"cannot connect to Ray at {address}: {_first_line(exc)}{_auth_hint(exc)}") from None
+                raise ClusterError(f"cannot connect to Ray at {address}: {first_line(exc)}{_auth_hint(exc)}") from None
     resources = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return ClusterInfo(
@@ -90,8 +90,3 @@ def _auth_hint(exc: BaseException) -> str:
     if "auth" in text or "token" in text:
         return " (this cluster uses token auth: set RAY_AUTH_MODE=token and its token on the client)"
     return ""
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -15,3 +15,9 @@ class ConfigError(CvrayError):
 
 class ClusterError(CvrayError):
     """The Ray cluster cannot be reached or lacks what the job asks for."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line (its type name if it has no text): for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from cvray.errors import DataError
+from cvray.errors import DataError, first_line
 
 
 def is_uri(path: str) -> bool:
@@ -30,7 +30,7 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         try:
             return pafs.FileSystem.from_uri(_single_put(path))
         except Exception as exc:  # pyarrow raises several types for bad URIs/credentials
-            raise DataError(f"cannot open {path}: {_one_line(exc)}") from None
+            raise DataError(f"cannot open {path}: {first_line(exc)}") from None
     return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
 
 
@@ -68,7 +68,7 @@ def read_bytes(path: str) -> bytes:
     except FileNotFoundError:
         raise DataError(f"file not found: {path}") from None
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise DataError(f"cannot read {path}: {first_line(exc)}") from None
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -78,7 +78,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     try:
         _write(fs, p, parent, data)
     except OSError as exc:
-        raise DataError(f"cannot write {path}: {_one_line(exc)}") from None
+        raise DataError(f"cannot write {path}: {first_line(exc)}") from None
 
 
 def _write(fs: pafs.FileSystem, p: str, parent: str, data: bytes) -> None:
@@ -103,8 +103,3 @@ def remove_tree(path: str) -> None:
     fs, p = resolve(path)
     if fs.get_file_info(p).type == pafs.FileType.Directory:
         fs.delete_dir(p)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

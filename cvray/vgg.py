@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 from cvray import storage
-from cvray.errors import ConfigError, DataError
+from cvray.errors import ConfigError, DataError, first_line
 
 ARCHS = ("vgg16", "vgg19")
 CONVS_PER_BLOCK = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -104,7 +104,7 @@ def build_vgg_features(arch: str = "vgg19", weights: str | None = None) -> nn.Se
             features = _BUILDERS[arch](weights=enum).features
         except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
             raise DataError(
-                f"cannot load {arch} {enum} ({_one_line(exc)}); offline? pass --weights PATH "
+                f"cannot load {arch} {enum} ({first_line(exc)}); offline? pass --weights PATH "
                 f"to a local state dict"
             ) from None
     elif weights == "random":
@@ -136,7 +136,7 @@ def load_features_state_dict(path: str, arch: str, features: nn.Sequential) -> d
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors have many types
-        raise DataError(f"{path}: not a readable PyTorch state dict ({_one_line(exc)})") from None
+        raise DataError(f"{path}: not a readable PyTorch state dict ({first_line(exc)})") from None
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
@@ -202,8 +202,3 @@ def _check_arch(arch: str) -> None:
 def _key_order(key: str):
     match = re.match(r"(\d+)\.", key)
     return (int(match.group(1)) if match else 10**6, key)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -29,7 +29,7 @@ import torch
 
 from cvray import storage
 from cvray.data import images
-from cvray.errors import DataError
+from cvray.errors import DataError, first_line
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -114,7 +114,7 @@ def download_cifar10(data_dir: str, *, url: str = CIFAR10_URL, md5: str = CIFAR1
             if _locate(root) is None:  # else another process finished it while we waited
                 _download_locked(root, data_dir, url, md5)
     except OSError as exc:  # unwritable folder, a file in the way
-        raise DataError(f"cannot download CIFAR-10 into {data_dir} ({_reason(exc)}): {_HINT}") from None
+        raise DataError(f"cannot download CIFAR-10 into {data_dir} ({first_line(exc)}): {_HINT}") from None
 
 
 def _download_locked(root: str, data_dir: str, url: str, md5: str) -> None:
@@ -124,7 +124,7 @@ def _download_locked(root: str, data_dir: str, url: str, md5: str) -> None:
         os.replace(os.path.join(staging, PYTHON_DIR), os.path.join(root, PYTHON_DIR))
     except Exception as exc:
         raise DataError(f"no CIFAR-10 found in {data_dir} and the download from {url} failed "
-                        f"({_reason(exc)}): {_HINT}") from None
+                        f"({first_line(exc)}): {_HINT}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -155,7 +155,7 @@ def _entry_types(fs: pafs.FileSystem, path: str) -> dict[str, str] | None:
             return None
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     except OSError as exc:  # object stores: no such bucket, no credentials, no network
-        raise DataError(f"cannot list {path}: {_reason(exc)}") from None
+        raise DataError(f"cannot list {path}: {first_line(exc)}") from None
     kinds = {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}
     return {i.base_name: kinds.get(i.type, "other") for i in infos}
 
@@ -243,7 +243,7 @@ def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
         data, labels = _field(batch, "data"), _field(batch, "labels")
         data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
     except Exception as exc:  # truncated/corrupt pickles raise many types
-        raise DataError(f"{path}: not a readable CIFAR-10 batch ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({first_line(exc)})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _SIDE * _SIDE:
         raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
     if labels.shape != (len(data),):
@@ -281,7 +281,7 @@ def _read_rows(path: str, limit: int | None) -> pa.Table:
     try:
         pf = pq.ParquetFile(fs.open_input_file(p))
     except Exception as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     _check_schema(pf.schema_arrow, path)
     groups, rows = [], 0
     for g in range(pf.num_row_groups):
@@ -292,7 +292,7 @@ def _read_rows(path: str, limit: int | None) -> pa.Table:
     try:
         table = pf.read_row_groups(groups, columns=["image", "label"])
     except Exception as exc:
-        raise DataError(f"{path}: cannot read rows ({_reason(exc)})") from None
+        raise DataError(f"{path}: cannot read rows ({first_line(exc)})") from None
     return table.slice(0, limit) if limit is not None else table
 
 
@@ -352,7 +352,7 @@ def _file_reader(fs: pafs.FileSystem) -> Callable[[str], bytes]:
             with fs.open_input_stream(path) as f:
                 return f.read()
         except OSError as exc:
-            raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
+            raise DataError(f"{path}: cannot read ({first_line(exc)})") from None
     return read
 
 
@@ -432,8 +432,3 @@ def _check_labels(labels: np.ndarray, path: str) -> None:
 
 def _as_tensors(images_u8: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(images_u8)), torch.from_numpy(labels.astype(np.int64))
-
-
-def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cvray import storage
-from cvray.errors import ConfigError, DataError
+from cvray.errors import ConfigError, DataError, first_line
 
 # Extension (lower case) -> Pillow format the output is written in. Every format keeps its
 # extension except GIF: a palette format cannot hold a stylised RGB image, so .gif becomes .png.
@@ -115,7 +115,7 @@ def _walk_fs(folder: Folder) -> list[FileEntry]:
     try:
         infos = folder.fs.get_file_info(selector)
     except OSError as exc:
-        raise DataError(f"cannot list {folder.uri}: {_one_line(exc)}") from None
+        raise DataError(f"cannot list {folder.uri}: {first_line(exc)}") from None
     entries = []
     for info in infos:
         if info.type != pafs.FileType.File:
@@ -195,11 +195,6 @@ def check_inside(folder: Folder, path: str) -> None:
     root = os.path.realpath(folder.path)
     if parent != root and not parent.startswith(root + os.sep):
         raise DataError(f"output {path} would land outside the output folder (symlinked folder?)")
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 # --- writing into an output folder -------------------------------------------------------------
@@ -297,7 +292,7 @@ def _read_table(folder: Folder, paths: list[str]) -> pa.Table:
         tables = [pq.read_table(p, filesystem=folder.fs, schema=MANIFEST_SCHEMA) for p in paths]
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(
-            f"cannot read the manifest under {folder.uri}/{METADATA_DIR} ({_one_line(exc)}); "
+            f"cannot read the manifest under {folder.uri}/{METADATA_DIR} ({first_line(exc)}); "
             "delete that folder or use --overwrite"
         ) from None
     return pa.concat_tables(tables) if tables else records_to_table([])

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvray import storage
-from cvray.errors import DataError
+from cvray.errors import DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -147,5 +147,4 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "unrecognised format"  # Pillow's text names a BytesIO object, not the file
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return first_line(exc)
