@@ -27,15 +27,10 @@ from cvray.errors import ConfigError, DataError
 def processing_size(config: StyleConfig, width: int, height: int) -> tuple[int, int]:
     """(H, W) an upright width x height image is stylised (and written) at.
 
-    The same rule as Stylizer.output_size (tests pin the two together), computed here without a
-    VGG so decode tasks can size images before any tensor exists.
+    StyleConfig.output_size, the rule Stylizer.output_size uses too: decode tasks size images
+    with it before any VGG or tensor exists.
     """
-    if config.shape is not None:
-        return int(config.shape[0]), int(config.shape[1])
-    if config.size is None or max(width, height) <= config.size:
-        return height, width
-    scale = config.size / max(width, height)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    return config.output_size(width, height)
 
 
 def min_side(config: StyleConfig) -> int:

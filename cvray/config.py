@@ -143,6 +143,16 @@ class StyleConfig(_JsonConfig):
     precision: str = "bf16"
     """bf16: bf16 autocast + channels_last on CUDA (CPU runs fp32); fp32 everywhere."""
 
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(H, W) a width x height content is processed at: `shape` if set, else its long side
+        brought down to `size` (aspect kept, never upscaled)."""
+        if self.shape is not None:
+            return int(self.shape[0]), int(self.shape[1])
+        if self.size is None or max(width, height) <= self.size:
+            return height, width
+        scale = self.size / max(width, height)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
 
 @dataclass(frozen=True)
 class StylizeFolderConfig(_JsonConfig):

@@ -150,13 +150,7 @@ class Stylizer:
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(H, W) a width x height content is processed at: config.shape if set, else its long
         side brought down to config.size (aspect kept, never upscaled)."""
-        if self.config.shape is not None:
-            return tuple(self.config.shape)
-        size = self.config.size
-        if size is None or max(width, height) <= size:
-            return height, width
-        scale = size / max(width, height)
-        return max(1, round(height * scale)), max(1, round(width * scale))
+        return self.config.output_size(width, height)
 
     def prepare_content(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, H, W) float [0, 1] at output_size (Lanczos)."""
