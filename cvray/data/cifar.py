@@ -7,12 +7,9 @@ read through cvray.storage. No Ray here. Every failure is a one-line DataError n
 
 from __future__ import annotations
 
-import codecs
 import functools
 import hashlib
-import io
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -29,6 +26,9 @@ import torch
 
 from cvray import storage
 from cvray.data import images
+from cvray.data.cifar_python import (
+    PYTHON_DIR, PYTHON_TEST_FILE, PYTHON_TRAIN_FILES, SIDE, check_labels, read_python_split,
+)
 from cvray.errors import DataError, first_line
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -37,12 +37,8 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
-PYTHON_DIR = "cifar-10-batches-py"
-PYTHON_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-PYTHON_TEST_FILE = "test_batch"
 _LOCK_NAME = ".cifar10.lock"
 _HINT = "put cifar-10-batches-py/, train.parquet+test.parquet or train/<class>/ + test/<class>/ folders there"
-_SIDE = 32  # CIFAR-10 images are 32x32 RGB
 # Decoding a 32x32 JPEG takes microseconds and the per-image Python work holds the GIL, so extra
 # threads only slowed local reads down (benchmarks/cifar_decode.py); they do hide object-store latency.
 _LOCAL_THREADS = 1
@@ -88,7 +84,7 @@ def load_cifar10(data_dir: str, *, download: bool = True, train_samples: int | N
         if found is None:
             raise DataError(f"downloaded CIFAR-10 into {data_dir} but cannot find it there")
     fmt, base = found
-    reader = {"python": _read_python, "parquet": _read_parquet, "folders": _read_folders}[fmt]
+    reader = {"python": read_python_split, "parquet": _read_parquet, "folders": _read_folders}[fmt]
     train, test = reader(base, "train", train_samples), reader(base, "test", test_samples)
     for split, (_, labels) in (("train", train), ("test", test)):
         if len(labels) == 0:
@@ -198,68 +194,6 @@ def _fetch_into(folder: str, url: str, md5: str) -> None:
         raise DataError(f"the archive holds no {PYTHON_DIR}/ folder")
 
 
-# ----------------------------------------------------------------------------- python format
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches (dicts, lists, bytes, numpy arrays) and refuses any other class,
-    so a tampered batch cannot name an arbitrary callable. Still: only read data you trust."""
-
-    _reconstruct = np.zeros(1).__reduce__()[0]  # numpy's array-rebuild function, any numpy
-    _frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol-5 rebuild function
-    _allowed = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
-def _read_python(folder: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    batches: list[tuple[np.ndarray, np.ndarray]] = []
-    for name in PYTHON_TRAIN_FILES if split == "train" else (PYTHON_TEST_FILE,):
-        if limit is not None and sum(len(b[1]) for b in batches) >= limit:
-            break  # later batches are never read
-        batches.append(_read_batch(storage.join(folder, name)))
-    data, labels = (np.concatenate(column)[:limit] for column in zip(*batches))
-    return data.reshape(-1, 3, _SIDE, _SIDE), labels  # each row: R plane, G plane, B plane
-
-
-def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """One batch file -> ((n, 3072) uint8, (n,) int64)."""
-    if not storage.exists(path):
-        raise DataError(f"{path}: missing (a CIFAR-10 python folder needs {', '.join(PYTHON_TRAIN_FILES)}, "
-                        f"{PYTHON_TEST_FILE})")
-    try:
-        batch = _NumpyOnlyUnpickler(io.BytesIO(storage.read_bytes(path)), encoding="bytes").load()
-        data, labels = _field(batch, "data"), _field(batch, "labels")
-        data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
-    except Exception as exc:  # truncated/corrupt pickles raise many types
-        raise DataError(f"{path}: not a readable CIFAR-10 batch ({first_line(exc)})") from None
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _SIDE * _SIDE:
-        raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
-    if labels.shape != (len(data),):
-        raise DataError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
-    _check_labels(labels, path)
-    return data, labels
-
-
-def _field(batch, key: str):
-    if not isinstance(batch, dict):
-        raise TypeError(f"expected a dict, found {type(batch).__name__}")
-    if key.encode() not in batch and key not in batch:
-        raise KeyError(f"no '{key}' entry")
-    return batch.get(key.encode(), batch.get(key))
-
-
 # ----------------------------------------------------------------------------- parquet
 
 def _read_parquet(folder: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +204,7 @@ def _read_parquet(folder: str, split: str, limit: int | None) -> tuple[np.ndarra
     if table.column("label").null_count:
         raise DataError(f"{path}: column 'label' has {table.column('label').null_count} empty values")
     labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-    _check_labels(labels, path)
+    check_labels(labels, path)
     blobs = table.column("image").to_pylist()
     return _decode_all(blobs, lambda i: f"{path} row {i}", threads=_LOCAL_THREADS), labels
 
@@ -362,7 +296,7 @@ def _decode_all(items: list, name_of: Callable[[int], str], *, read: Callable | 
                 threads: int = 1) -> np.ndarray:
     """Decode encoded images (or files, with `read`) into one (N, 3, 32, 32) uint8 array,
     in chunks of at most _CHUNK images; with threads > 1 the chunks run on a thread pool."""
-    out = np.empty((len(items), 3, _SIDE, _SIDE), dtype=np.uint8)
+    out = np.empty((len(items), 3, SIDE, SIDE), dtype=np.uint8)
     step = max(1, min(_CHUNK, -(-len(items) // threads)))  # every thread gets work
 
     def decode_range(start: int) -> None:
@@ -396,7 +330,7 @@ def _decode_jpegs(blobs: list, out: np.ndarray) -> set[int]:
         return set()  # one bad file fails the whole call: Pillow then names it
     done = set()
     for j, image in zip(jpegs, decoded):
-        if image.shape == (3, _SIDE, _SIDE):
+        if image.shape == (3, SIDE, SIDE):
             out[j] = image.numpy()
             done.add(j)
     return done
@@ -416,19 +350,12 @@ def _jpeg_decoder() -> Callable | None:
 def _decode_pil(blob: bytes | None, name: str) -> np.ndarray:
     """Any image Pillow reads, any mode -> (3, 32, 32) uint8 RGB, or a DataError naming `name`."""
     img = images.decode_image(blob or b"", name=name)
-    if img.size != (_SIDE, _SIDE):
+    if img.size != (SIDE, SIDE):
         raise DataError(f"{name}: image is {img.size[0]}x{img.size[1]} pixels, CIFAR-10 images must be 32x32")
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _check_labels(labels: np.ndarray, path: str) -> None:
-    bad = np.flatnonzero((labels < 0) | (labels > 9))
-    if bad.size:
-        raise DataError(f"{path}: label {labels[bad[0]]} at row {bad[0]} is outside 0..9 "
-                        f"({bad.size} bad labels)")
-
 
 def _as_tensors(images_u8: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(images_u8)), torch.from_numpy(labels.astype(np.int64))
