@@ -4,7 +4,10 @@
    at global batch 256 and larger, bf16 autocast + channels_last vs fp32, eager (and compiled if
    time allows).
 2. The lab's recipe (Adam 1e-3, batch 256, 10 epochs, flip) on the CIFAR-10 Parquet: test accuracy
-   and examples/sec, i.e. what `jobs/train_cifar.py` does on one GPU worker.
+   and examples/sec, i.e. what `jobs/train_cifar.py` does on one GPU worker. A recipe with
+   WORKERS > 1 runs that many DDP processes (gloo) on the one device, i.e. what the job does with
+   `--num-workers WORKERS`: at 2, each worker's BatchNorm sees 128 samples, as on the lab's two
+   DataParallel GPUs (DDP keeps rank 0's running statistics, as DataParallel keeps replica 0's).
 
     PYTHONPATH=. python3 benchmarks/gpu_cifar.py --data-dir .devdata/cifar10 --out DIR [--tiny]
 
@@ -18,9 +21,12 @@ import argparse
 import json
 import os
 import platform
+import socket
 import time
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from cvray.augment import BatchAugment
 from cvray.classify import fit, summarize
@@ -67,16 +73,66 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, s
     start = time.perf_counter()
     arrays = load_cifar10(data_dir, download=False, train_samples=config.train_samples, test_samples=config.test_samples)
     load_seconds = time.perf_counter() - start
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     rows = []
-    run = fit(config, arrays, device, on_epoch=lambda r: (rows.append(r), print(json.dumps(r), flush=True)))
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        if rank == 0:
+            print(json.dumps(row), flush=True)
+
+    run = fit(config, arrays, device, on_epoch=on_epoch)
     summary = summarize(run.history)
     return {
         "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision, "seed": seed,
+        "workers": world_size, "batch_size_per_worker": config.batch_size // world_size,
         "train_images": len(arrays.train_labels), "test_images": len(arrays.test_labels),
         "data_load_seconds": round(load_seconds, 2), **{k: round(v, 4) for k, v in summary.items()},
         "epoch_rows": rows,
         "lab_line": f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, test acc {summary['test_acc']:.3f}",
     }
+
+
+def _recipe_worker(rank: int, world_size: int, port: int, device_name: str, args: tuple, results) -> None:
+    """One DDP process of a multi-worker recipe; rank 0 sends the result back."""
+    if device_name == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        # Every rank on the same device: NCCL refuses two ranks on one GPU, gloo does not.
+        device = torch.device(device_name, 0) if device_name == "cuda" else torch.device(device_name)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        result = lab_recipe(device, *args)
+        if rank == 0:
+            results.put(result)
+    finally:
+        dist.destroy_process_group()
+
+
+def lab_recipe_workers(device, workers: int, args: tuple, timeout_s: float) -> dict:
+    """lab_recipe run by `workers` DDP processes sharing `device` (torch.distributed over gloo)."""
+    with socket.socket() as s:  # a free loopback port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    procs = [
+        context.Process(target=_recipe_worker, args=(rank, workers, port, device.type, args, results))
+        for rank in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    if any(p.exitcode != 0 for p in procs) or results.empty():
+        raise RuntimeError(f"{workers}-worker recipe failed: exit codes {[p.exitcode for p in procs]}")
+    return results.get()
 
 
 def main(argv=None) -> dict:
@@ -86,7 +142,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="a few steps on a few hundred images (CPU check)")
     parser.add_argument("--max-seconds", type=float, default=240, help="skip remaining parts past this budget")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--recipes", default="bf16:0", help="lab-recipe runs as PRECISION:SEED,... (e.g. bf16:0,fp32:0)")
+    parser.add_argument(
+        "--recipes", default="bf16:0",
+        help="lab-recipe runs as PRECISION:SEED[:WORKERS],... (e.g. bf16:0,fp32:0,bf16:0:2); WORKERS DDP processes share the GPU",
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile at batch 256 (costs ~1 min)")
     args = parser.parse_args(argv)
@@ -115,8 +174,20 @@ def main(argv=None) -> dict:
     epochs = 1 if args.tiny else args.epochs
     result["lab_recipes"] = []
     for spec in args.recipes.split(","):
-        precision, seed = spec.split(":")
-        result["lab_recipes"].append(lab_recipe(device, args.data_dir, epochs, precision, args.tiny, int(seed)))
+        precision, seed, workers = (spec.split(":") + ["1"])[:3]
+        if time.perf_counter() - t0 > args.max_seconds:
+            result["skipped"].append(f"recipe {spec} (time budget)")
+            continue
+        recipe_args = (args.data_dir, epochs, precision, args.tiny, int(seed))
+        try:
+            if int(workers) == 1:
+                outcome = lab_recipe(device, *recipe_args)
+            else:
+                outcome = lab_recipe_workers(device, int(workers), recipe_args, timeout_s=args.max_seconds)
+        except Exception as exc:  # report, keep the other recipes' results
+            outcome = {"recipe": spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        result["lab_recipes"].append(outcome)
+        print(json.dumps({k: v for k, v in outcome.items() if k != "epoch_rows"}), flush=True)
         save()
     if args.compile and time.perf_counter() - t0 < args.max_seconds * 0.5:
         try:
