@@ -63,7 +63,10 @@ def step_throughput(device, batch_size: int, precision: str, steps: int, compile
     }
 
 
-def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, seed: int = 0) -> dict:
+def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, seed: int = 0, data: str = "jpeg") -> dict:
+    """data: "jpeg" trains and tests on the Parquet as it is; "rejpeg" on both splits after a
+    second, grid-shifted JPEG pass (benchmarks/jpeg_effect.py): the accuracy that pass costs
+    estimates what the Parquet's own JPEG compression costs against the lossless originals."""
     from cvray.data.cifar import load_cifar10
 
     config = CifarTrainConfig(
@@ -72,6 +75,14 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, s
     )
     start = time.perf_counter()
     arrays = load_cifar10(data_dir, download=False, train_samples=config.train_samples, test_samples=config.test_samples)
+    if data == "rejpeg":
+        from benchmarks.jpeg_effect import rejpeg_images
+
+        for split in ("train", "test"):
+            images = getattr(arrays, f"{split}_images")
+            setattr(arrays, f"{split}_images", torch.from_numpy(rejpeg_images(images.numpy())))
+    elif data != "jpeg":
+        raise ValueError(f"data must be jpeg or rejpeg, got {data!r}")
     load_seconds = time.perf_counter() - start
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     rows = []
@@ -84,7 +95,7 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, s
     run = fit(config, arrays, device, on_epoch=on_epoch)
     summary = summarize(run.history)
     return {
-        "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision, "seed": seed,
+        "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision, "seed": seed, "data": data,
         "workers": world_size, "batch_size_per_worker": config.batch_size // world_size,
         "train_images": len(arrays.train_labels), "test_images": len(arrays.test_labels),
         "data_load_seconds": round(load_seconds, 2), **{k: round(v, 4) for k, v in summary.items()},
@@ -135,6 +146,15 @@ def lab_recipe_workers(device, workers: int, args: tuple, timeout_s: float) -> d
     return results.get()
 
 
+def parse_recipe(spec: str) -> tuple[str, int, int, str]:
+    """"PRECISION:SEED[:WORKERS[:DATA]]" -> (precision, seed, workers, data); WORKERS 1, DATA jpeg."""
+    parts = spec.split(":")
+    if not 2 <= len(parts) <= 4:
+        raise SystemExit(f"--recipes: {spec!r} is not PRECISION:SEED[:WORKERS[:DATA]]")
+    precision, seed, workers, data = parts + ["1", "jpeg"][len(parts) - 2:]
+    return precision, int(seed), int(workers), data
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=".devdata/cifar10")
@@ -144,7 +164,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument(
         "--recipes", default="bf16:0",
-        help="lab-recipe runs as PRECISION:SEED[:WORKERS],... (e.g. bf16:0,fp32:0,bf16:0:2); WORKERS DDP processes share the GPU",
+        help="lab-recipe runs as PRECISION:SEED[:WORKERS[:DATA]],... (e.g. bf16:0,fp32:0,bf16:0:2,bf16:0:1:rejpeg); "
+        "WORKERS DDP processes share the GPU; DATA jpeg (as stored) or rejpeg (a second JPEG pass)",
     )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile at batch 256 (costs ~1 min)")
@@ -174,16 +195,16 @@ def main(argv=None) -> dict:
     epochs = 1 if args.tiny else args.epochs
     result["lab_recipes"] = []
     for spec in args.recipes.split(","):
-        precision, seed, workers = (spec.split(":") + ["1"])[:3]
+        precision, seed, workers, data = parse_recipe(spec)
         if time.perf_counter() - t0 > args.max_seconds:
             result["skipped"].append(f"recipe {spec} (time budget)")
             continue
-        recipe_args = (args.data_dir, epochs, precision, args.tiny, int(seed))
+        recipe_args = (args.data_dir, epochs, precision, args.tiny, seed, data)
         try:
-            if int(workers) == 1:
+            if workers == 1:
                 outcome = lab_recipe(device, *recipe_args)
             else:
-                outcome = lab_recipe_workers(device, int(workers), recipe_args, timeout_s=args.max_seconds)
+                outcome = lab_recipe_workers(device, workers, recipe_args, timeout_s=args.max_seconds)
         except Exception as exc:  # report, keep the other recipes' results
             outcome = {"recipe": spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         result["lab_recipes"].append(outcome)
