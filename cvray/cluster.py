@@ -40,7 +40,7 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
             # from a checkout that isn't pip-installed.
             ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=_runtime_env_for_local(), **kwargs)
         else:
-            _check_reachable(address)
+            check_reachable(address)
             try:
                 ray.init(address=address, runtime_env=_runtime_env_for_remote(), **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -70,9 +70,10 @@ def _runtime_env_for_remote() -> dict | None:
     return {"py_modules": [CVRAY_PACKAGE_DIR], "excludes": ["__pycache__"]}
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a wrong HOST:PORT instead of Ray's long reconnect loop."""
-    if address == "auto":
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on a wrong HOST:PORT instead of Ray's long reconnect loop (no Ray needed, so a
+    job can check it before slow work). None, "local" and "auto" need no check."""
+    if address in (None, "", "auto", "local"):
         return
     host_port = address.split("://", 1)[-1].rstrip("/")
     host, _, port = host_port.rpartition(":")

@@ -6,6 +6,7 @@ Ray workers, checkpoints it every epoch, and keeps the run folder (cvray.runs) u
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -16,7 +17,7 @@ import torch
 
 from cvray import report, runs, storage
 from cvray.classify import CifarRun, summarize
-from cvray.cluster import ClusterInfo, connect
+from cvray.cluster import ClusterInfo, check_reachable, connect
 from cvray.config import CifarTrainConfig
 from cvray.errors import ClusterError, ConfigError, CvrayError
 
@@ -36,6 +37,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
     config = CifarTrainConfig.from_dict(loop_config["config"])
     directory = loop_config["run_dir"]
+    if not loop_config.get("verbose"):
+        _quiet_report_log()
     torch.set_num_threads(max(1, int(config.cpus_per_worker or 1)))
     device = ray.train.torch.get_device()
     arrays = load_cifar10(config.data_dir, train_samples=config.train_samples, test_samples=config.test_samples)
@@ -45,6 +48,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location=device, weights_only=True)
         run.load_state_dict(state)
+        if run.rank == 0:
+            print(f"resumed from the checkpoint after epoch {run.epoch}", flush=True)
     device_names = ",".join(_gather_device_names(device))
     while run.epoch < config.epochs:
         row = run.run_epoch()
@@ -62,6 +67,16 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report({**row, "devices": device_names}, checkpoint=checkpoint)
     if run.rank == 0:
         runs.save_model(directory, run.state_dict())
+
+
+def _quiet_report_log() -> None:
+    """Ray Train (2.60) logs every report, metrics dict and all, at INFO on a logger named by its
+    file path, which LoggingConfig does not reach: raise that one logger to WARNING."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logs
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _gather_device_names(device: torch.device) -> list[str]:
@@ -108,14 +123,21 @@ def plan_placement(config: CifarTrainConfig, cluster: ClusterInfo) -> Placement:
 
 def run_training(
     config: CifarTrainConfig, *, address: str | None = None, fresh: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, verbose: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume, or just report) a CIFAR training run; returns its summary dict.
 
     Everything that can be wrong with the input is checked before the run folder is touched.
+    verbose: show Ray Train's own INFO logs (worker groups, checkpoints, restart decisions).
     """
     from cvray.data.cifar import load_cifar10
 
+    # Cheap checks first: a wrong --address fails before a download, and a bad dataset is
+    # fetched (or downloaded) and validated on the driver before Ray's ~10 s start-up.
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    arrays = load_cifar10(config.data_dir, train_samples=config.train_samples, test_samples=config.test_samples)
+    log(f"data: {len(arrays.train_labels)} train / {len(arrays.test_labels)} test images ({arrays.source}) from {config.data_dir}")
+    del arrays  # each worker loads its own copy onto its device
     cluster = connect(address)
     placement = plan_placement(config, cluster)
     config = config.replace(
@@ -123,9 +145,6 @@ def run_training(
         storage_path=_absolute(config.storage_path),
         num_workers=placement.num_workers, use_gpu=placement.use_gpu, cpus_per_worker=placement.cpus_per_worker,
     )
-    # Fetch (or download) and validate the data on the driver: a bad dataset fails here, fast.
-    arrays = load_cifar10(config.data_dir, train_samples=config.train_samples, test_samples=config.test_samples)
-    log(f"data: {len(arrays.train_labels)} train / {len(arrays.test_labels)} test images ({arrays.source}) from {config.data_dir}")
     directory = runs.run_dir(config)
     if fresh:
         _remove_run(directory)
@@ -140,20 +159,20 @@ def run_training(
         f"training {config.epochs} epochs on {placement.num_workers} worker(s) "
         f"({'GPU' if placement.use_gpu else f'{placement.cpus_per_worker:g} CPU'} each) -> {directory}"
     )
-    devices = _fit(config, placement, directory)
+    devices = _fit(config, placement, directory, verbose)
     history = runs.read_metrics(directory)
     summary = {**summarize(history), "devices": devices, "run_dir": directory, "config": config.to_dict()}
     runs.write_json(storage.join(directory, "summary.json"), summary)
     return summary
 
 
-def _fit(config: CifarTrainConfig, placement: Placement, directory: str) -> list[str]:
+def _fit(config: CifarTrainConfig, placement: Placement, directory: str, verbose: bool = False) -> list[str]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"config": config.to_dict(), "run_dir": directory},
+        train_loop_config={"config": config.to_dict(), "run_dir": directory, "verbose": verbose},
         scaling_config=ray.train.ScalingConfig(
             num_workers=placement.num_workers, use_gpu=placement.use_gpu,
             resources_per_worker={"CPU": placement.cpus_per_worker, **({"GPU": 1} if placement.use_gpu else {})},
@@ -162,6 +181,9 @@ def _fit(config: CifarTrainConfig, placement: Placement, directory: str) -> list
             name=config.name, storage_path=config.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Quiet by default: our per-epoch line is the progress; Ray Train's INFO lines (two per
+            # epoch, with the whole metrics dict) would bury it. Warnings and errors still show.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
     try:

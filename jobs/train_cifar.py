@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--name", default=None, help="run folder name (default: derived from the hyperparameters, e.g. cifar10-resnet18-flip-bs256-lr0.001-bf16-s0)")
     where.add_argument("--fresh", action="store_true", help="delete the run folder of this name and start over")
     where.add_argument("--max-failures", type=_common.non_negative_int, default=d.max_failures, help="restarts of the worker group from the latest checkpoint before giving up")
+    where.add_argument("--verbose", action="store_true", help="also show Ray Train's own INFO logs (worker group start, checkpoints, restart decisions)")
     where.add_argument("--epochs", type=_common.positive_int, default=None, help=f"total epochs (default {d.epochs}; {SMOKE_EPOCHS} with --smoke-test); a larger value on a finished run trains on")
 
     hyper = p.add_argument_group("hyperparameters (fixed for the life of a run)")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from cvray.train import TrainingFailed, run_training
 
     try:
-        summary = run_training(config, address=args.address, fresh=args.fresh)
+        summary = run_training(config, address=args.address, fresh=args.fresh, verbose=args.verbose)
     except TrainingFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

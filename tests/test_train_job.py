@@ -162,7 +162,7 @@ def test_help_documents_every_flag():
     )
     assert proc.returncode == 0
     for flag in ("--address", "--num-workers", "--gpu", "--no-gpu", "--precision", "--seed", "--epochs", "--batch-size",
-                 "--lr", "--aug", "--data-dir", "--storage-path", "--name", "--fresh", "--max-failures", "--smoke-test"):
+                 "--lr", "--aug", "--data-dir", "--storage-path", "--name", "--fresh", "--max-failures", "--smoke-test", "--verbose"):
         assert flag in proc.stdout, flag
 
 
