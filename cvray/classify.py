@@ -19,6 +19,21 @@ from cvray.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices
 from cvray.models import d2l_resnet18
 
 
+LAB_ADAM_EPS = 1e-8  # torch's default, which the lab's Adam uses
+
+
+def lab_adam(parameters, lr: float, batch_size: int, fused: bool | None = None) -> torch.optim.Adam:
+    """The lab's Adam for a loop that averages the loss over the global batch of `batch_size`.
+
+    The lab sums per-sample losses before backward (d2l's train_batch_ch13), so its gradients
+    are batch_size times ours. Adam ignores that factor except through eps (Adam with eps on
+    c * g takes the same steps as Adam with eps / c on g), so eps / batch_size reproduces the
+    lab's updates exactly (tests/test_engine.py); with eps itself, parameters whose gradients are
+    ~1e-8 or smaller would move differently.
+    """
+    return torch.optim.Adam(parameters, lr=lr, eps=LAB_ADAM_EPS / batch_size, fused=fused)
+
+
 class CifarRun:
     """One worker's share of a CIFAR training run. Under torch.distributed, DDP wraps the model."""
 
@@ -38,7 +53,7 @@ class CifarRun:
         self.model = model
         # fused Adam: one kernel for all parameters on CUDA; the foreach default elsewhere.
         fused = True if self.device.type == "cuda" else None
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
+        self.optimizer = lab_adam(model.parameters(), config.lr, config.batch_size, fused=fused)
         self.train_data = DeviceDataset.to_device(arrays.train_images, arrays.train_labels, self.device)
         self.test_data = DeviceDataset.to_device(arrays.test_images, arrays.test_labels, self.device)
         self.augment = BatchAugment(config.aug)

@@ -78,9 +78,9 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over `indices` (this worker's shard) in batches of `batch_size`.
 
-    Returns this worker's sums: {"loss_sum", "correct", "examples", "seconds"}; loss is the
-    mean cross-entropy per sample (the lab sums per-sample losses for backward; Adam's update is
-    invariant to that constant factor up to its epsilon).
+    Returns this worker's sums: {"loss_sum", "correct", "examples", "seconds"}. Backward runs on
+    the mean cross-entropy per sample; the lab sums instead, which cvray.classify.lab_adam
+    matches exactly by scaling Adam's epsilon.
     """
     device = data.images.device
     channels_last = uses_channels_last(device, precision)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from cvray.classify import lab_adam
 from cvray.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch
 from cvray.models import d2l_resnet18
 
@@ -110,3 +111,66 @@ def test_evaluate_matches_a_manual_count_and_restores_mode():
 def test_all_reduce_is_identity_in_one_process():
     sums = {"a": 1.5, "b": 3.0}
     assert all_reduce_sums(sums, torch.device("cpu"), maximum=("b",)) == sums
+
+
+def lab_train_steps(net, optimizer, images_u8, labels, batches):
+    """The lab's training step as d2l's train_batch_ch13 writes it, fed as its DataLoader would
+    be: PIL images through ToTensor, per-sample losses summed for backward. Returns the losses."""
+    from PIL import Image
+    from torchvision import transforms
+
+    to_tensor = transforms.ToTensor()
+    loss = nn.CrossEntropyLoss(reduction="none")
+    net.train()
+    losses = []
+    for batch in batches:
+        X = torch.stack([to_tensor(Image.fromarray(images_u8[i].permute(1, 2, 0).numpy())) for i in batch])
+        y = labels[batch]
+        optimizer.zero_grad()
+        l = loss(net(X), y)
+        l.sum().backward()
+        optimizer.step()
+        losses.append(float(l.detach().mean()))
+    return losses
+
+
+def test_training_steps_match_the_labs_loop():
+    """cvray's step (mean loss, on-device uint8 batches, lab_adam) trains the lab's model as the
+    lab's loop does (summed loss, PIL + ToTensor, Adam's default eps): the same loss at every
+    step, the same weights and eval-mode predictions. Pins the recipe's numerics (fp32, no aug)."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, 10, (96,), generator=generator)
+        order = torch.randperm(96, generator=generator)
+        batches = [order[i:i + 16] for i in range(0, 96, 16)]  # 6 steps
+        torch.manual_seed(0)
+        lab_net = d2l_resnet18()
+        ours = d2l_resnet18()
+        lab_net_start = {k: v.clone() for k, v in lab_net.state_dict().items()}
+        ours.load_state_dict(lab_net_start)
+        lab_losses = lab_train_steps(lab_net, torch.optim.Adam(lab_net.parameters(), lr=1e-3), images, labels, batches)
+        data = DeviceDataset(images, labels)
+        optimizer = lab_adam(ours.parameters(), lr=1e-3, batch_size=16)
+        our_losses = []
+        for batch in batches:  # one call per batch, to see every step's loss
+            out = train_one_epoch(ours, optimizer, data, batch, 16, to_float, None, "fp32")
+            our_losses.append(out["loss_sum"] / out["examples"])
+        assert our_losses == pytest.approx(lab_losses, rel=1e-5)
+        # Adam's default eps on our averaged loss drifts away from the lab within these 6 steps.
+        plain = d2l_resnet18()
+        plain.load_state_dict(lab_net_start)
+        plain_optimizer, plain_losses = torch.optim.Adam(plain.parameters(), lr=1e-3), []
+        for batch in batches:
+            out = train_one_epoch(plain, plain_optimizer, data, batch, 16, to_float, None, "fp32")
+            plain_losses.append(out["loss_sum"] / out["examples"])
+        assert plain_losses != pytest.approx(lab_losses, rel=1e-3)
+        lab_params, our_params = dict(lab_net.named_parameters()), dict(ours.named_parameters())
+        for name, param in our_params.items():
+            torch.testing.assert_close(param, lab_params[name], rtol=1e-4, atol=1e-6, msg=name)
+        with torch.no_grad():
+            probe = images[:16].float() / 255
+            torch.testing.assert_close(ours.eval()(probe), lab_net.eval()(probe), rtol=1e-4, atol=1e-4)
+    finally:
+        torch.use_deterministic_algorithms(False)
