@@ -56,7 +56,12 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
 def _runtime_env_for_local() -> dict:
     root = os.path.dirname(CVRAY_PACKAGE_DIR)
     paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    # No preemption on a one-machine Ray: skip Ray Train's preemption watcher, whose actor logs a
+    # spurious core_worker error line on every run (Ray 2.60).
+    return {"env_vars": {
+        "PYTHONPATH": os.pathsep.join(paths), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    }}
 
 
 def _runtime_env_for_remote() -> dict | None:
