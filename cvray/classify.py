@@ -60,8 +60,10 @@ class CifarRun:
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
 
-    def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch on this worker's shard, evaluate, and return the global metrics row."""
+    def run_epoch(self, progress: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Train one epoch on this worker's shard, evaluate, and return the global metrics row.
+
+        progress: passed to train_one_epoch (this worker's running sums, about once a minute)."""
         epoch = self.epoch + 1
         start = time.perf_counter()
         cfg = self.config
@@ -70,7 +72,7 @@ class CifarRun:
         generator.manual_seed((cfg.seed * 1_000_003 + epoch) * 1024 + self.rank)  # per rank, per epoch
         train = train_one_epoch(
             self.model, self.optimizer, self.train_data, indices, self.batch_size_per_worker,
-            self.augment, generator, cfg.precision,
+            self.augment, generator, cfg.precision, progress=progress,
         )
         test_indices = torch.arange(self.rank, len(self.test_data), self.world_size)
         test = evaluate(unwrap(self.model), self.test_data, test_indices, cfg.eval_batch_size, cfg.precision)

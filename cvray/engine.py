@@ -75,8 +75,14 @@ def train_one_epoch(
     augment: Augment,
     generator: torch.Generator | None,
     precision: str = "fp32",
+    progress: Callable[[dict[str, float]], None] | None = None,
+    progress_every_s: float = 60.0,
 ) -> dict[str, float]:
     """One pass over `indices` (this worker's shard) in batches of `batch_size`.
+
+    progress: called with the running sums {"loss_sum", "correct", "examples", "total",
+    "seconds"} after a step once `progress_every_s` seconds have passed since the last call (for
+    CPU epochs that take minutes; the device is synchronised only then).
 
     Returns this worker's sums: {"loss_sum", "correct", "examples", "seconds"}. Backward runs on
     the mean cross-entropy per sample; the lab sums instead, which cvray.classify.lab_adam
@@ -88,7 +94,7 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    start = time.perf_counter()
+    start = last_progress = time.perf_counter()
     for begin in range(0, indices.numel(), batch_size):
         batch = indices[begin:begin + batch_size]
         # index_select: a plain gather (advanced indexing is ~20x slower on CPU here).
@@ -105,6 +111,12 @@ def train_one_epoch(
         # Accumulate on the device: a .item() per step would stall the GPU every batch.
         loss_sum += loss.detach().double() * batch.numel()
         correct += (logits.argmax(dim=1) == y).sum()
+        if progress is not None and time.perf_counter() - last_progress >= progress_every_s:
+            last_progress = time.perf_counter()
+            progress({
+                "loss_sum": loss_sum.item(), "correct": float(correct.item()), "examples": float(begin + batch.numel()),
+                "total": float(indices.numel()), "seconds": last_progress - start,
+            })
     totals = {"loss_sum": loss_sum.item(), "correct": float(correct.item()), "examples": float(indices.numel())}
     totals["seconds"] = time.perf_counter() - start  # .item() above synchronised the device
     return totals

@@ -52,6 +52,18 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     )
 
 
+def progress_line(sums: dict[str, float], epoch: int, epochs: int, world_size: int = 1) -> str:
+    """A line within a long epoch from train_one_epoch's running sums of one worker (of
+    `world_size` alike), e.g. `epoch 1/10: 26% (12928/50000 images), loss 1.930, 47.1 examples/sec, 13.2 min left`."""
+    done, total, seconds = sums["examples"], sums["total"], sums["seconds"]
+    rate = done / seconds if seconds > 0 else 0.0
+    left_min = (total - done) / rate / 60 if rate > 0 else float("nan")
+    return (
+        f"epoch {epoch}/{epochs}: {100 * done / total:.0f}% ({int(done) * world_size}/{int(total) * world_size} images), "
+        f"loss {sums['loss_sum'] / max(done, 1):.3f}, {rate * world_size:.1f} examples/sec, {left_min:.1f} min left"
+    )
+
+
 def lab_lines(summary: dict[str, Any], devices: Sequence[str]) -> str:
     """The lab's two closing lines, e.g.
     `loss 0.178, train acc 0.938, test acc 0.844` / `5647.3 examples/sec on [cuda:0, cuda:1]`."""

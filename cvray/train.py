@@ -6,6 +6,7 @@ Ray workers, checkpoints it every epoch, and keeps the run folder (cvray.runs) u
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -52,7 +53,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             print(f"resumed from the checkpoint after epoch {run.epoch}", flush=True)
     device_names = ",".join(_gather_device_names(device))
     while run.epoch < config.epochs:
-        row = run.run_epoch()
+        progress = None
+        if run.rank == 0:  # a line now and then inside long (CPU) epochs
+            progress = functools.partial(_print_progress, epoch=run.epoch + 1, epochs=config.epochs, world_size=run.world_size)
+        row = run.run_epoch(progress)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if run.rank == 0:
@@ -67,6 +71,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report({**row, "devices": device_names}, checkpoint=checkpoint)
     if run.rank == 0:
         runs.save_model(directory, run.state_dict())
+
+
+def _print_progress(sums: dict[str, float], *, epoch: int, epochs: int, world_size: int) -> None:
+    print(report.progress_line(sums, epoch, epochs, world_size), flush=True)
 
 
 def _quiet_report_log() -> None:
@@ -156,7 +164,7 @@ def run_training(
         log(f"resuming run {directory}")
     runs.write_json(storage.join(directory, "config.json"), config.to_dict())
     log(
-        f"training {config.epochs} epochs on {placement.num_workers} worker(s) "
+        f"training {config.epochs} epoch{'s' if config.epochs != 1 else ''} on {placement.num_workers} worker(s) "
         f"({'GPU' if placement.use_gpu else f'{placement.cpus_per_worker:g} CPU'} each) -> {directory}"
     )
     devices = _fit(config, placement, directory, verbose)

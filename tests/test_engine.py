@@ -96,6 +96,31 @@ def test_train_one_epoch_learns_and_counts():
     assert acc["correct"] / len(data) > 0.9
 
 
+
+def test_progress_reports_running_sums_that_end_at_the_epoch_totals():
+    data = colour_dataset()
+    net = small_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    calls = []
+    indices = shard_indices(len(data), 1, 0, seed=0, epoch=1)
+    out = train_one_epoch(net, optimizer, data, indices, 16, to_float, None, progress=calls.append, progress_every_s=0)
+    assert len(calls) == math.ceil(len(data) / 16)  # every step, with the interval at 0
+    assert [c["examples"] for c in calls] == [min(16 * (i + 1), len(data)) for i in range(len(calls))]
+    assert all(c["total"] == len(data) for c in calls)
+    assert [c["seconds"] for c in calls] == sorted(c["seconds"] for c in calls)
+    assert calls[-1]["loss_sum"] == pytest.approx(out["loss_sum"]) and calls[-1]["correct"] == out["correct"]
+    quiet = []
+    train_one_epoch(net, optimizer, data, indices, 16, to_float, None, progress=quiet.append, progress_every_s=3600)
+    assert quiet == []
+
+
+def test_progress_line_scales_one_worker_to_the_run():
+    from cvray.report import progress_line
+
+    sums = {"loss_sum": 250.0, "correct": 30.0, "examples": 100.0, "total": 400.0, "seconds": 10.0}
+    line = progress_line(sums, epoch=2, epochs=10, world_size=2)
+    assert line == "epoch 2/10: 25% (200/800 images), loss 2.500, 20.0 examples/sec, 0.5 min left"
+
 def test_evaluate_matches_a_manual_count_and_restores_mode():
     data = colour_dataset(50, seed=3)
     net = small_net().train()
