@@ -167,7 +167,12 @@ def run_training(
         f"training {config.epochs} epoch{'s' if config.epochs != 1 else ''} on {placement.num_workers} worker(s) "
         f"({'GPU' if placement.use_gpu else f'{placement.cpus_per_worker:g} CPU'} each) -> {directory}"
     )
-    devices = _fit(config, placement, directory, verbose)
+    try:
+        devices = _fit(config, placement, directory, verbose)
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C: Ray Train's own SIGINT handler aborts the run and calls sys.exit inside fit().
+        done = max((r["epoch"] for r in runs.read_metrics(directory)), default=0)
+        raise KeyboardInterrupt(f"stopped after epoch {done} of {config.epochs}; rerun the same command to resume") from None
     history = runs.read_metrics(directory)
     summary = {**summarize(history), "devices": devices, "run_dir": directory, "config": config.to_dict()}
     runs.write_json(storage.join(directory, "summary.json"), summary)

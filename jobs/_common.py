@@ -67,6 +67,6 @@ def run(main, argv=None) -> int:
     except CvrayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc or 'rerun the same command to resume'}", file=sys.stderr)
         return 130

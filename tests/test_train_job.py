@@ -193,3 +193,36 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_cifar, tmp_path, 
     rows = read_metrics(str(run))
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_cifar, tmp_path):
+    """SIGINT (Ctrl-C) during training: exit code 130, one line naming the last finished epoch,
+    and a run folder holding exactly those epochs plus a checkpoint to resume from."""
+    import signal
+    import time
+
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, os.path.join(REPO, "jobs", "train_cifar.py"), *job_args(tiny_cifar, tmp_path),
+            "--name", "ctrlc", "--epochs", "100", "--cpus-per-worker", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run = tmp_path / "ctrlc"
+    try:
+        deadline = time.time() + 240
+        while not read_metrics(str(run)) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert read_metrics(str(run)), "epoch 1 never finished"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    done = [r["epoch"] for r in read_metrics(str(run))]
+    assert done == list(range(1, len(done) + 1)) and len(done) < 100
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: stopped after epoch {done[-1]} of 100; rerun the same command to resume"
+    )
+    assert "Traceback" not in err
+    assert any(p.name.startswith("checkpoint_") for p in run.iterdir())
