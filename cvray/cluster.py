@@ -38,7 +38,7 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
             # exists here; `--address auto` joins that one. Ray Train's state checks need the
             # dashboard: keep its web server on loopback. PYTHONPATH lets workers import cvray
             # from a checkout that isn't pip-installed.
-            ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=_runtime_env_for_local(), **kwargs)
+            start_local(runtime_env=_runtime_env_for_local(), **kwargs)
         else:
             check_reachable(address)
             try:
@@ -51,6 +51,37 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
         cpus=float(resources.get("CPU", 0.0)), gpus=float(resources.get("GPU", 0.0)),
         nodes=nodes, address=ray.get_runtime_context().gcs_address,
     )
+
+
+def start_local(**init_kwargs) -> None:
+    """ray.init a new one-machine Ray (dashboard on 127.0.0.1) whose own processes know its address.
+
+    Code inside the cluster that uses Ray's State API without an address (Ray Train's placement-
+    group cleaner polls it all run long) finds "its" cluster through RAY_ADDRESS, else through
+    `ray start`'s record or a scan of this machine, which picks another Ray running here, or
+    fails with a traceback. So the GCS port is chosen first and both variables are set while Ray's
+    processes are started (they inherit them), then restored in this process.
+    """
+    import ray
+
+    port = _free_port()
+    names = ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    try:
+        ray.init(address="local", dashboard_host="127.0.0.1", **init_kwargs)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def _runtime_env_for_local() -> dict:

@@ -24,11 +24,11 @@ def ray_local():
     """
     import ray
 
+    from cvray.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(
-            address="local",  # never join a `ray start` cluster that happens to run here
+        start_local(  # a new Ray: never one that happens to run here
             num_cpus=2,
-            dashboard_host="127.0.0.1",  # Ray Train state checks need it; loopback only
             resources={"TRAIN_DRIVER": 4},
             log_to_driver=False,
             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONPATH": str(REPO_ROOT)}},
