@@ -196,7 +196,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_cifar, tmp_path, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_cifar, tmp_path):
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(ray_local, tiny_cifar, tmp_path):
     """SIGINT (Ctrl-C) during training: exit code 130, one line naming the last finished epoch,
     and a run folder holding exactly those epochs plus a checkpoint to resume from. The job's
     own Ray runs next to the test session's, and no traceback may come from either (Ray Train's
