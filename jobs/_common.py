@@ -68,5 +68,5 @@ def run(main, argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        print(f"interrupted: {exc or 'rerun the same command to resume'}", file=sys.stderr)
+        print(f"interrupted: {str(exc) or 'rerun the same command to resume'}", file=sys.stderr)
         return 130

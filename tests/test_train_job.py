@@ -228,3 +228,19 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(ray_local, tiny_cifar, tmp_
     )
     assert "Traceback" not in err
     assert any(p.name.startswith("checkpoint_") for p in run.iterdir())
+
+
+@pytest.mark.parametrize(
+    "interrupt, line",
+    [
+        (KeyboardInterrupt(), "interrupted: rerun the same command to resume"),
+        (KeyboardInterrupt("stopped after epoch 3 of 10; rerun the same command to resume"),
+         "interrupted: stopped after epoch 3 of 10; rerun the same command to resume"),
+    ],
+)
+def test_interrupt_is_exit_130_with_one_line(capsys, interrupt, line):
+    def main(argv):
+        raise interrupt
+
+    assert _common.run(main, []) == 130
+    assert capsys.readouterr().err == line + "\n"
