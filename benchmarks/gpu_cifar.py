@@ -152,6 +152,8 @@ def parse_recipe(spec: str) -> tuple[str, int, int, str]:
     if not 2 <= len(parts) <= 4:
         raise SystemExit(f"--recipes: {spec!r} is not PRECISION:SEED[:WORKERS[:DATA]]")
     precision, seed, workers, data = parts + ["1", "jpeg"][len(parts) - 2:]
+    if precision not in ("bf16", "fp32") or data not in ("jpeg", "rejpeg") or not (seed + workers).isdigit():
+        raise SystemExit(f"--recipes: {spec!r}: PRECISION bf16|fp32, SEED and WORKERS integers, DATA jpeg|rejpeg")
     return precision, int(seed), int(workers), data
 
 
@@ -170,6 +172,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile at batch 256 (costs ~1 min)")
     args = parser.parse_args(argv)
+    recipes = [(spec, *parse_recipe(spec)) for spec in args.recipes.split(",")]  # bad specs fail first
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -194,8 +197,7 @@ def main(argv=None) -> dict:
         save()
     epochs = 1 if args.tiny else args.epochs
     result["lab_recipes"] = []
-    for spec in args.recipes.split(","):
-        precision, seed, workers, data = parse_recipe(spec)
+    for spec, precision, seed, workers, data in recipes:
         if time.perf_counter() - t0 > args.max_seconds:
             result["skipped"].append(f"recipe {spec} (time budget)")
             continue
@@ -204,7 +206,8 @@ def main(argv=None) -> dict:
             if workers == 1:
                 outcome = lab_recipe(device, *recipe_args)
             else:
-                outcome = lab_recipe_workers(device, workers, recipe_args, timeout_s=args.max_seconds)
+                remaining_s = max(60.0, args.max_seconds - (time.perf_counter() - t0))
+                outcome = lab_recipe_workers(device, workers, recipe_args, timeout_s=remaining_s)
         except Exception as exc:  # report, keep the other recipes' results
             outcome = {"recipe": spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         result["lab_recipes"].append(outcome)
