@@ -28,8 +28,8 @@ def lab_adam(parameters, lr: float, batch_size: int, fused: bool | None = None) 
     The lab sums per-sample losses before backward (d2l's train_batch_ch13), so its gradients
     are batch_size times ours. Adam ignores that factor except through eps (Adam with eps on
     c * g takes the same steps as Adam with eps / c on g), so eps / batch_size reproduces the
-    lab's updates exactly on full batches (tests/test_engine.py); with eps itself, parameters whose gradients are
-    ~1e-8 or smaller would move differently.
+    lab's updates exactly on full batches (tests/test_engine.py). With eps itself, parameters
+    whose gradients are ~1e-8 or smaller would move differently.
     """
     return torch.optim.Adam(parameters, lr=lr, eps=LAB_ADAM_EPS / batch_size, fused=fused)
 

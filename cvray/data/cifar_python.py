@@ -44,6 +44,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def read_python_split(folder: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One split ("train" or "test") as (N, 3, 32, 32) uint8 images and (N,) int64 labels,
+    the first `limit` images only (None: all)."""
     batches: list[tuple[np.ndarray, np.ndarray]] = []
     for name in PYTHON_TRAIN_FILES if split == "train" else (PYTHON_TEST_FILE,):
         if limit is not None and sum(len(b[1]) for b in batches) >= limit:
