@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import time
 
 import torch
@@ -31,7 +30,8 @@ import torch.multiprocessing as mp
 from cvray.augment import BatchAugment
 from cvray.classify import fit, summarize
 from cvray.config import CifarTrainConfig
-from cvray.engine import DeviceDataset, train_one_epoch
+from cvray.cluster import free_port
+from cvray.engine import DeviceDataset, train_one_epoch, world
 from cvray.models import d2l_resnet18
 
 
@@ -84,7 +84,7 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, s
     elif data != "jpeg":
         raise ValueError(f"data must be jpeg or rejpeg, got {data!r}")
     load_seconds = time.perf_counter() - start
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world_size = world()
     rows = []
 
     def on_epoch(row: dict) -> None:
@@ -123,9 +123,7 @@ def _recipe_worker(rank: int, world_size: int, port: int, device_name: str, args
 
 def lab_recipe_workers(device, workers: int, args: tuple, timeout_s: float) -> dict:
     """lab_recipe run by `workers` DDP processes sharing `device` (torch.distributed over gloo)."""
-    with socket.socket() as s:  # a free loopback port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # for the rendezvous on 127.0.0.1
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
     procs = [

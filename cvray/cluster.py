@@ -64,7 +64,7 @@ def start_local(**init_kwargs) -> None:
     """
     import ray
 
-    port = _free_port()
+    port = free_port()
     names = ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")
     saved = {name: os.environ.get(name) for name in names}
     os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
@@ -78,7 +78,8 @@ def start_local(**init_kwargs) -> None:
                 os.environ[name] = value
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on every interface of this machine just now (no Ray needed)."""
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
