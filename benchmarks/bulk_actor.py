@@ -3,7 +3,7 @@
     python benchmarks/bulk_actor.py [--device cuda] [--images 16] [--px 450] [--iterations 100]
         [--batch-sizes 1,4] [--weights random|PATH] [--arch vgg19]
 
-Runs cvray.bulk's own stages as plain Python: decode_batch on a generated folder of same-shaped
+Runs cvray.on_ray.bulk's own stages as plain Python: decode_batch on a generated folder of same-shaped
 JPEGs, then StylizeActor (the class Ray Data runs in the actor pool) on all of them, writing the
 outputs and manifest parts. Needs no Ray, so it also checks the actor's GPU path on a machine
 without Ray. images_per_sec excludes the actor's construction and one warm-up batch.
@@ -26,10 +26,10 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cvray.bulk import StylizeActor, decode_batch  # noqa: E402
-from cvray.bulk_plan import min_side  # noqa: E402
+from cvray.on_ray.bulk import StylizeActor, decode_batch  # noqa: E402
+from cvray.style.bulk_plan import min_side  # noqa: E402
 from cvray.config import StyleConfig  # noqa: E402
-from cvray.data import folders  # noqa: E402
+from cvray import folders  # noqa: E402
 
 
 def main() -> None:

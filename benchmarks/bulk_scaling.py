@@ -48,7 +48,7 @@ def make_folder(root: Path, images: int, px: int, seed: int = 0) -> Path:
 
 
 def run_once(inp: Path, out: Path, style: Path, args, num_actors: int, cpus_per_actor) -> dict:
-    from cvray.bulk import run_bulk
+    from cvray.on_ray.bulk import run_bulk
     from cvray.config import StyleConfig, StylizeFolderConfig
 
     config = StylizeFolderConfig(

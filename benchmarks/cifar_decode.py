@@ -26,7 +26,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cvray.data import cifar  # noqa: E402
+from cvray.classification import cifar  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:

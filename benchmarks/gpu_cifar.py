@@ -27,12 +27,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cvray.augment import BatchAugment
-from cvray.classify import fit, summarize
+from cvray.classification.augment import BatchAugment
+from cvray.classification.worker import fit, summarize
 from cvray.config import CifarTrainConfig
-from cvray.cluster import free_port
-from cvray.engine import DeviceDataset, train_one_epoch, world
-from cvray.models import d2l_resnet18
+from cvray.on_ray.connect import free_port
+from cvray.classification.engine import DeviceDataset, train_one_epoch, world
+from cvray.classification.models import d2l_resnet18
 
 
 def step_throughput(device, batch_size: int, precision: str, steps: int, compile_model: bool = False) -> dict:
@@ -67,7 +67,7 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, s
     """data: "jpeg" trains and tests on the Parquet as it is; "rejpeg" on both splits after a
     second, grid-shifted JPEG pass (benchmarks/jpeg_effect.py): the accuracy that pass costs
     estimates what the Parquet's own JPEG compression costs against the lossless originals."""
-    from cvray.data.cifar import load_cifar10
+    from cvray.classification.cifar import load_cifar10
 
     config = CifarTrainConfig(
         epochs=epochs, precision=precision, data_dir=data_dir, seed=seed,

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from cvray.config import StyleConfig  # noqa: E402
-from cvray.data.images import load_image, to_pil, to_tensor  # noqa: E402
-from cvray.style import Stylizer, normalize  # noqa: E402
-from cvray.vgg import build_vgg_features  # noqa: E402
+from cvray.images import load_image, to_pil, to_tensor  # noqa: E402
+from cvray.style.stylizer import Stylizer, normalize  # noqa: E402
+from cvray.style.vgg import build_vgg_features  # noqa: E402
 from lab_style import lab_net, lab_stylize  # noqa: E402
 from style_cpu import lab_indices, synthetic_images  # noqa: E402
 from style_presets import comparison, run_setting  # noqa: E402

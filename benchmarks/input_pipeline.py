@@ -35,7 +35,7 @@ from torchvision import transforms as T  # the lab's (v1) transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvray.augment import CROP_RATIO, CROP_SCALE, JITTER, BatchAugment  # noqa: E402
+from cvray.classification.augment import CROP_RATIO, CROP_SCALE, JITTER, BatchAugment  # noqa: E402
 from cvray.config import AUG_PRESETS  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
         images = rng.integers(0, 256, (args.samples, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, args.samples)
         return images, labels, f"synthetic uniform uint8, {args.samples} images"
-    from cvray.data.cifar import load_cifar10  # only this mode needs the CIFAR readers
+    from cvray.classification.cifar import load_cifar10  # only this mode needs the CIFAR readers
 
     data = load_cifar10(args.data_dir, download=False, train_samples=args.samples)
     images = data.train_images.permute(0, 2, 3, 1).contiguous().numpy()

@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--photos", default=str(SHARED / "images" / "content"), help="folder of lossless PNG photos")
     parser.add_argument("--images", type=int, default=2000, help="images per measurement")
     args = parser.parse_args(argv)
-    from cvray.data.cifar import load_cifar10
+    from cvray.classification.cifar import load_cifar10
 
     arrays = load_cifar10(args.data_dir, download=False, train_samples=args.images, test_samples=1)
     cifar = arrays.train_images.numpy()  # (N, 3, 32, 32): the Parquet's decoded JPEGs

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cvray.augment import BatchAugment  # noqa: E402
-from cvray.engine import DeviceDataset, train_one_epoch  # noqa: E402
-from cvray.models import d2l_resnet18  # noqa: E402
+from cvray.classification.augment import BatchAugment  # noqa: E402
+from cvray.classification.engine import DeviceDataset, train_one_epoch  # noqa: E402
+from cvray.classification.models import d2l_resnet18  # noqa: E402
 
 
 def measure(settings: dict) -> dict:

@@ -4,7 +4,7 @@ Same network, images, size and iterations for all three:
   lab         benchmarks/lab_style.py, the d2l code as written (its VGG is not frozen, so every
               backward also computes the unused weight gradients), one image after another;
   lab_frozen  the same loop with requires_grad off on the VGG (what batching alone buys);
-  cvray       cvray.style.Stylizer, all images in one batch (fp32: bf16 is CUDA-only).
+  cvray       cvray.style.stylizer.Stylizer, all images in one batch (fp32: bf16 is CUDA-only).
 Each is run `--repeats` times, interleaved, after one warm-up; the fastest run counts.
 
     PYTHONPATH=. python benchmarks/style_cpu.py            # 4 images 64x96, 20 iterations, ~1-2 min
@@ -27,9 +27,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cvray.config import StyleConfig  # noqa: E402
-from cvray.data.images import to_pil, to_tensor  # noqa: E402
-from cvray.style import Stylizer, normalize  # noqa: E402
-from cvray.vgg import arch_layer_names, build_vgg_features, default_content_layers  # noqa: E402
+from cvray.images import to_pil, to_tensor  # noqa: E402
+from cvray.style.stylizer import Stylizer, normalize  # noqa: E402
+from cvray.style.vgg import arch_layer_names, build_vgg_features, default_content_layers  # noqa: E402
 from lab_style import lab_net, lab_stylize  # noqa: E402
 
 LAB_STYLE_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "conv5_1")

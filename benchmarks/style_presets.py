@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cvray.data.images import load_image, to_pil  # noqa: E402
-from cvray.style import Stylizer, preset_config  # noqa: E402
+from cvray.images import load_image, to_pil  # noqa: E402
+from cvray.style.stylizer import Stylizer, preset_config  # noqa: E402
 from cvray.style_report import comparison_picture  # noqa: E402
 
 DATA = Path("/work/shared/data")

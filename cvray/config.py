@@ -101,7 +101,7 @@ class StyleConfig(_JsonConfig):
     """Neural style transfer (d2l section 14.12). Defaults reproduce the lab exactly."""
 
     preset: str = "lab"
-    """Name of the preset the other fields came from (cvray.style.STYLE_PRESETS); a record only."""
+    """Name of the preset the other fields came from (cvray.style.stylizer.STYLE_PRESETS); a record only."""
     arch: str = "vgg19"
     """Feature network: vgg19 (the lab) or vgg16."""
     weights: str | None = None

@@ -40,7 +40,7 @@ def comparison_picture(
 
 def loss_curves_png(losses: dict[str, np.ndarray], title: str = "") -> bytes:
     """PNG of per-iteration losses {name: (iterations,)} on a log scale, like the lab's animator."""
-    from cvray.report import figure_png  # imported first: it selects matplotlib's Agg backend
+    from cvray.plots import figure_png  # imported first: it selects matplotlib's Agg backend
 
     import matplotlib.pyplot as plt
 

@@ -12,8 +12,8 @@ import _common  # noqa: F401 - puts the repository root on sys.path
 
 from cvray.config import PRECISIONS, StyleConfig
 from cvray.errors import ConfigError
-from cvray.style import STYLE_PRESETS, preset_config, validate_style_config
-from cvray.vgg import ARCHS, arch_layer_names, check_layer_names, default_content_layers
+from cvray.style.stylizer import STYLE_PRESETS, preset_config, validate_style_config
+from cvray.style.vgg import ARCHS, arch_layer_names, check_layer_names, default_content_layers
 
 # flag dest -> StyleConfig field, for flags whose value goes into the config unchanged
 _FIELDS = (

@@ -14,9 +14,9 @@ import _common
 
 import torch  # noqa: E402
 
-from cvray.augment import lab_transform  # noqa: E402
-from cvray.data.images import load_image  # noqa: E402
-from cvray.gallery import save_image_grid  # noqa: E402
+from cvray.classification.augment import lab_transform  # noqa: E402
+from cvray.images import load_image  # noqa: E402
+from cvray.grids import save_image_grid  # noqa: E402
 
 # (row label, preset name) in the lab's order of presentation.
 GALLERY_ROWS = (

@@ -24,9 +24,9 @@ import _common
 import _style_args
 
 from cvray import storage
-from cvray.data.images import load_image, to_pil
+from cvray.images import load_image, to_pil
 from cvray.errors import ConfigError
-from cvray.style import LOSS_NAMES, Stylizer, load_style_images
+from cvray.style.stylizer import LOSS_NAMES, Stylizer, load_style_images
 from cvray.style_report import comparison_picture, loss_curves_png, png_bytes
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",

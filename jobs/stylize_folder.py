@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         use_gpu=args.gpu,
         cpus_per_actor=args.cpus_per_actor,
     )
-    from cvray.bulk import run_bulk  # after argument checks: --help stays fast
+    from cvray.on_ray.bulk import run_bulk  # after argument checks: --help stays fast
 
     run_bulk(config, address=args.address)
     return 0

@@ -75,8 +75,8 @@ def config_from_args(args: argparse.Namespace) -> CifarTrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    from cvray import report
-    from cvray.train import TrainingFailed, run_training
+    from cvray import plots as report
+    from cvray.on_ray.training import TrainingFailed, run_training
 
     try:
         summary = run_training(config, address=args.address, fresh=args.fresh, verbose=args.verbose)

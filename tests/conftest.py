@@ -24,7 +24,7 @@ def ray_local():
     """
     import ray
 
-    from cvray.cluster import start_local
+    from cvray.on_ray.connect import start_local
 
     if not ray.is_initialized():
         start_local(  # a new Ray: never one that happens to run here

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cvray.bulk_plan import min_side, processing_size
+from cvray.style.bulk_plan import min_side, processing_size
 from cvray.config import StyleConfig, StylizeFolderConfig
-from cvray.data import folders
-from cvray.data.images import decode_image_at, encode_image
+from cvray import folders
+from cvray.images import decode_image_at, encode_image
 from cvray.errors import ConfigError, DataError
 
 
@@ -146,7 +146,7 @@ def test_processing_size_and_minimum():
 
 def test_processing_size_matches_the_stylizer():
     torch = pytest.importorskip("torch")
-    from cvray.style import Stylizer
+    from cvray.style.stylizer import Stylizer
 
     layers, channels = [], 3
     for convs in (1, 1, 1, 2, 1):  # a narrow VGG with the lab's layer names up to conv5_1

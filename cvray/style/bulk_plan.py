@@ -1,7 +1,7 @@
 """What the bulk job does, decided without Ray: processing sizes, which files to stylise, skip
 or fail (resume), the settings check, and the merged manifest with the run's summary.
 
-Plain Python + pyarrow (cvray.data.folders does the file work); cvray.bulk runs the plan on Ray.
+Plain Python + pyarrow (cvray.folders does the file work); cvray.on_ray.bulk runs the plan on Ray.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from cvray.config import StyleConfig, StylizeFolderConfig
-from cvray.data import folders
-from cvray.data.folders import Folder
+from cvray import folders
+from cvray.folders import Folder
 from cvray.errors import ConfigError, DataError
 
 
@@ -39,7 +39,7 @@ def min_side(config: StyleConfig) -> int:
     Each max-pool halves (floor) the size, so a tap in block b (after b-1 pools) needs
     2**(b-1) px and pool b needs 2**b. The lab's conv5_1 sits after 4 pools: 16 px.
     """
-    from cvray.vgg import default_content_layers  # torch/torchvision: only where sizes are checked
+    from cvray.style.vgg import default_content_layers  # torch/torchvision: only where sizes are checked
 
     content = config.content_layers or default_content_layers(config.arch)
     need = 2

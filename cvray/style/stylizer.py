@@ -21,9 +21,9 @@ from PIL import Image
 from torch import nn
 
 from cvray.config import StyleConfig
-from cvray.data.images import load_image, shrink_to_long_side, to_tensor
+from cvray.images import load_image, shrink_to_long_side, to_tensor
 from cvray.errors import ConfigError
-from cvray.vgg import VGGTaps, build_vgg_features, default_content_layers
+from cvray.style.vgg import VGGTaps, build_vgg_features, default_content_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -85,7 +85,7 @@ def train_one_epoch(
     CPU epochs that take minutes; the device is synchronised only then).
 
     Returns this worker's sums: {"loss_sum", "correct", "examples", "seconds"}. Backward runs on
-    the mean cross-entropy per sample; the lab sums instead, which cvray.classify.lab_adam
+    the mean cross-entropy per sample; the lab sums instead, which cvray.classification.worker.lab_adam
     matches exactly by scaling Adam's epsilon.
     """
     device = data.images.device

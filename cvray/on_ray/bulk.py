@@ -1,4 +1,4 @@
-"""Bulk stylisation of an image folder on Ray Data (Ray glue; the optimiser is cvray.style).
+"""Bulk stylisation of an image folder on Ray Data (Ray glue; the optimiser is cvray.style.stylizer).
 
 Pipeline: the driver lists the input and drops what earlier runs finished -> CPU tasks read the
 bytes, decode and shrink each image to its processing size -> an actor pool (one Stylizer per
@@ -24,14 +24,14 @@ import zlib
 import numpy as np
 import pyarrow as pa
 
-from cvray.bulk_plan import (
+from cvray.style.bulk_plan import (
     BulkSummary, check_run_config, manifest_record, merge_manifest, min_side, plan_work,
     processing_size, size_checker,
 )
 from cvray.config import StyleConfig, StylizeFolderConfig
-from cvray.data import folders
-from cvray.data.folders import Folder
-from cvray.data.images import decode_image, decode_image_at, encode_image, to_pil
+from cvray import folders
+from cvray.folders import Folder
+from cvray.images import decode_image, decode_image_at, encode_image, to_pil
 from cvray.errors import ConfigError, CvrayError, DataError
 
 __all__ = ["BulkSummary", "StylizeActor", "decode_batch", "min_side", "plan_work", "processing_size",
@@ -87,7 +87,7 @@ class StylizeActor:
                  batch_size: int, threads: int | None, use_gpu: bool):
         import torch
 
-        from cvray.style import Stylizer
+        from cvray.style.stylizer import Stylizer
 
         if threads:
             torch.set_num_threads(threads)  # Ray's OMP_NUM_THREADS follows the fractional CPU share
@@ -175,7 +175,7 @@ def _reason(exc: BaseException, name: str | None = None) -> str:
 
 def run_bulk(config: StylizeFolderConfig, *, address: str | None = None, echo=print) -> BulkSummary:
     """Stylise every image under config.input into config.output; see docs/bulk.md."""
-    from cvray.style import validate_style_config
+    from cvray.style.stylizer import validate_style_config
 
     validate_style_config(config.style, n_styles=len(config.style_images))
     src, dst = folders.open_folder(config.input), folders.open_folder(config.output)
@@ -222,7 +222,7 @@ def _check_weights(weights: str | None) -> None:
 def _execute(config, todo, src, dst, style_bytes, run_id, address, echo) -> None:
     import ray
 
-    from cvray.cluster import connect
+    from cvray.on_ray.connect import connect
 
     info = connect(address)
     use_gpu = bool(info.gpus) if config.use_gpu is None else config.use_gpu

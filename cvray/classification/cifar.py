@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import torch
 
 from cvray import storage
-from cvray.data import images
-from cvray.data.cifar_python import (
+from cvray import images
+from cvray.classification.cifar_python import (
     PYTHON_DIR, PYTHON_TEST_FILE, PYTHON_TRAIN_FILES, SIDE, check_labels, read_python_split,
 )
 from cvray.errors import DataError, first_line

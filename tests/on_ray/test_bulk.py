@@ -13,9 +13,9 @@ import pytest
 import stylize_folder
 from PIL import Image
 
-from cvray.bulk_plan import plan_work
+from cvray.style.bulk_plan import plan_work
 from cvray.config import StyleConfig, StylizeFolderConfig
-from cvray.data import folders
+from cvray import folders
 
 FAST = ["--size", "48", "--iterations", "2", "--weights", "random", "--precision", "fp32"]
 

@@ -19,7 +19,7 @@ import _style_args
 import stylize
 from cvray.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--arch", "vgg16", "--weights", "random", "--shape", "32x48", "--no-gpu"]
 
 

@@ -110,7 +110,7 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
     `device`, info) where info holds "config", "classes" and "epoch". The model takes float
     images (B, 3, 32, 32) in [0, 1] (no normalisation, as in training) and returns logits.
     """
-    from cvray.models import d2l_resnet18
+    from cvray.classification.models import d2l_resnet18
 
     if not str(path).endswith(".pt"):
         path = storage.join(path, "model.pt")

@@ -1,6 +1,6 @@
 """CIFAR-10's python format (`cifar-10-batches-py/`, torchvision's layout) read without
 torchvision, which would re-check every file's md5, and without trusting pickle: only the classes
-CIFAR batches are made of may be loaded. Part of cvray.data.cifar; no Ray here.
+CIFAR batches are made of may be loaded. Part of cvray.classification.cifar; no Ray here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""cvray.augment (batched and torchvision presets), cvray.gallery and jobs/aug_gallery.py."""
+"""cvray.classification.augment (batched and torchvision presets), cvray.grids and jobs/aug_gallery.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from torchvision.transforms.v2 import functional as TF
 
 import aug_gallery
 from _common import run
-from cvray import augment
-from cvray.augment import BatchAugment, lab_transform
+from cvray.classification import augment
+from cvray.classification.augment import BatchAugment, lab_transform
 from cvray.config import AUG_PRESETS
 from cvray.errors import ConfigError, DataError
-from cvray.gallery import save_image_grid
+from cvray.grids import save_image_grid
 
 
 def _images(batch=64, height=32, width=32, seed=0) -> torch.Tensor:

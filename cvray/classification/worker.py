@@ -13,10 +13,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from cvray.augment import BatchAugment
+from cvray.classification.augment import BatchAugment
 from cvray.config import CifarTrainConfig
-from cvray.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch, unwrap, world
-from cvray.models import d2l_resnet18
+from cvray.classification.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch, unwrap, world
+from cvray.classification.models import d2l_resnet18
 
 
 LAB_ADAM_EPS = 1e-8  # torch's default, which the lab's Adam uses

@@ -11,9 +11,9 @@ from PIL import Image
 
 from benchmarks import lab_style
 from cvray.config import StyleConfig
-from cvray.data.images import to_pil, to_tensor
+from cvray.images import to_pil, to_tensor
 from cvray.errors import ConfigError
-from cvray.style import (
+from cvray.style.stylizer import (
     Stylizer,
     content_loss,
     denormalize,
@@ -24,7 +24,7 @@ from cvray.style import (
     style_loss,
     tv_loss,
 )
-from cvray.vgg import VGGTaps
+from cvray.style.vgg import VGGTaps
 
 LAB_LAYERS = dict(content_layers=("relu4_4",))  # what a VGG-19-shaped net's defaults resolve to
 
@@ -290,9 +290,9 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
     import sys
     from pathlib import Path
 
-    from cvray.vgg import build_vgg_features
+    from cvray.style.vgg import build_vgg_features
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     torch.manual_seed(0)
     weights = tmp_path / "vgg16.pth"
     torch.save({k: v.half() for k, v in build_vgg_features("vgg16", "random").state_dict().items()},

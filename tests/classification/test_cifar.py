@@ -1,4 +1,4 @@
-"""cvray.data.cifar: the three CIFAR-10 formats, subsets, URIs, downloads and every error path.
+"""cvray.classification.cifar: the three CIFAR-10 formats, subsets, URIs, downloads and every error path.
 
 Each test writes tiny real files (40 train / 20 test random 32x32 images) in tmp_path.
 """
@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cvray.data import cifar
-from cvray.data.cifar import CIFAR10_CLASSES, CifarArrays, detect_format, download_cifar10, load_cifar10
+from cvray.classification import cifar
+from cvray.classification.cifar import CIFAR10_CLASSES, CifarArrays, detect_format, download_cifar10, load_cifar10
 from cvray.errors import DataError
 
 N_TRAIN, N_TEST = 40, 20

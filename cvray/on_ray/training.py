@@ -1,7 +1,7 @@
 """Ray Train glue for CIFAR-10 training: per-worker function, checkpoints, TorchTrainer.
 
-The training itself is cvray.classify.CifarRun (plain PyTorch); this module only places it on
-Ray workers, checkpoints it every epoch, and keeps the run folder (cvray.runs) up to date.
+The training itself is cvray.classification.worker.CifarRun (plain PyTorch); this module only places it on
+Ray workers, checkpoints it every epoch, and keeps the run folder (cvray.classification.runs) up to date.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 import torch
 
-from cvray import report, runs, storage
-from cvray.classify import CifarRun, summarize
-from cvray.cluster import ClusterInfo, check_reachable, connect
+from cvray import plots as report, storage
+from cvray.classification import runs
+from cvray.classification.worker import CifarRun, summarize
+from cvray.on_ray.connect import ClusterInfo, check_reachable, connect
 from cvray.config import CifarTrainConfig
 from cvray.errors import ClusterError, ConfigError, CvrayError
 
@@ -34,7 +35,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from cvray.data.cifar import load_cifar10
+    from cvray.classification.cifar import load_cifar10
 
     config = CifarTrainConfig.from_dict(loop_config["config"])
     directory = loop_config["run_dir"]
@@ -138,7 +139,7 @@ def run_training(
     Everything that can be wrong with the input is checked before the run folder is touched.
     verbose: show Ray Train's own INFO logs (worker groups, checkpoints, restart decisions).
     """
-    from cvray.data.cifar import load_cifar10
+    from cvray.classification.cifar import load_cifar10
 
     # Cheap checks first: a wrong --address fails before a download, and a bad dataset is
     # fetched (or downloaded) and validated on the driver before Ray's ~10 s start-up.

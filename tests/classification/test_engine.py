@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from cvray.classify import lab_adam
-from cvray.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch
-from cvray.models import d2l_resnet18
+from cvray.classification.worker import lab_adam
+from cvray.classification.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch
+from cvray.classification.models import d2l_resnet18
 
 
 def to_float(images, generator):
@@ -115,7 +115,7 @@ def test_progress_reports_running_sums_that_end_at_the_epoch_totals():
 
 
 def test_progress_line_scales_one_worker_to_the_run():
-    from cvray.report import progress_line
+    from cvray.plots import progress_line
 
     sums = {"loss_sum": 250.0, "correct": 30.0, "examples": 100.0, "total": 400.0, "seconds": 10.0}
     line = progress_line(sums, epoch=2, epochs=10, world_size=2)

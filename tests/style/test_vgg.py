@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.lab_style import LAB_CONTENT_LAYERS, LAB_STYLE_LAYERS, extract_features, lab_net
 from cvray.errors import ConfigError, DataError
-from cvray.vgg import (
+from cvray.style.vgg import (
     VGGTaps,
     arch_layer_names,
     build_vgg_features,

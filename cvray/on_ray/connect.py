@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cvray.errors import ClusterError, first_line
 
-CVRAY_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+CVRAY_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass(frozen=True)

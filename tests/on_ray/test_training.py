@@ -17,10 +17,10 @@ from PIL import Image
 
 import _common
 import train_cifar
-from cvray.engine import DeviceDataset, evaluate
-from cvray.runs import load_model, read_metrics
+from cvray.classification.engine import DeviceDataset, evaluate
+from cvray.classification.runs import load_model, read_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_parquet_split(path, n: int, seed: int) -> None:
@@ -75,7 +75,7 @@ def test_train_resume_report_and_refuse_changed_hyperparameters(ray_local, tiny_
     # The saved model is the one that produced the last epoch's test accuracy.
     model, info = load_model(str(run))
     assert info["epoch"] == 2 and len(info["classes"]) == 10
-    from cvray.data.cifar import load_cifar10
+    from cvray.classification.cifar import load_cifar10
 
     arrays = load_cifar10(str(tiny_cifar), download=False)
     test = DeviceDataset(arrays.test_images, arrays.test_labels)
