@@ -3,7 +3,7 @@
     python benchmarks/bulk_actor.py [--device cuda] [--images 16] [--px 450] [--iterations 100]
         [--batch-sizes 1,4] [--weights random|PATH] [--arch vgg19]
 
-Runs cvray.on_ray.bulk's own stages as plain Python: decode_batch on a generated folder of same-shaped
+Runs the bulk job's own stages (cvray.style.bulk) as plain Python: decode_batch on a generated folder of same-shaped
 JPEGs, then StylizeActor (the class Ray Data runs in the actor pool) on all of them, writing the
 outputs and manifest parts. Needs no Ray, so it also checks the actor's GPU path on a machine
 without Ray. images_per_sec excludes the actor's construction and one warm-up batch.
@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cvray.on_ray.bulk import StylizeActor, decode_batch  # noqa: E402
-from cvray.style.bulk_plan import min_side  # noqa: E402
-from cvray.config import StyleConfig  # noqa: E402
-from cvray import folders  # noqa: E402
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
+from cvray import folders
+from cvray.style.bulk import StylizeActor, decode_batch, min_side
+from cvray.style.config import StyleConfig
 
 
 def main() -> None:

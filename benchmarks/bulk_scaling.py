@@ -23,17 +23,16 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from PIL import Image  # noqa: E402
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
+from _bootstrap import REPO_ROOT
 
 
 def make_folder(root: Path, images: int, px: int, seed: int = 0) -> Path:
@@ -49,7 +48,7 @@ def make_folder(root: Path, images: int, px: int, seed: int = 0) -> Path:
 
 def run_once(inp: Path, out: Path, style: Path, args, num_actors: int, cpus_per_actor) -> dict:
     from cvray.on_ray.bulk import run_bulk
-    from cvray.config import StyleConfig, StylizeFolderConfig
+    from cvray.style.config import StyleConfig, StylizeFolderConfig
 
     config = StylizeFolderConfig(
         style=StyleConfig(size=args.px, iterations=args.iterations, weights="random", precision="fp32"),
@@ -57,7 +56,7 @@ def run_once(inp: Path, out: Path, style: Path, args, num_actors: int, cpus_per_
         batch_size=args.batch_size, overwrite=True, use_gpu=False, cpus_per_actor=cpus_per_actor,
     )
     start = time.perf_counter()
-    summary = run_bulk(config, echo=lambda *a: print(*a, file=sys.stderr))
+    summary = run_bulk(config)
     wall = time.perf_counter() - start
     rows = pq.read_table(out / "_cvray" / "manifest.parquet").to_pylist()
     if summary.done != args.images or summary.failed:
@@ -83,7 +82,7 @@ def main() -> None:
     cpus = os.cpu_count() or 2
     # address="local": a fresh Ray of our own, never someone else's running cluster.
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     settings = {"fixed_1": (1, 1.0), "fixed_2": (2, 1.0), "fair_1": (1, None), "fair_2": (2, None)}
     runs = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as tmp:

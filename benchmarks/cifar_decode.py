@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cvray.classification import cifar  # noqa: E402
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
+from cvray.classification import cifar
+from cvray.classification.engine import ImageClassData
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -42,11 +42,12 @@ def pil_serial(blobs: list[bytes]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]).transpose(0, 3, 1, 2)
 
 
-def write_other_formats(parquet_dir: str, out: Path, reference: cifar.CifarArrays) -> None:
+def write_other_formats(parquet_dir: str, out: Path, reference: ImageClassData) -> None:
     """folders (the original JPEG bytes) and python pickles (decoded pixels) of the same images."""
     for split in ("train", "test"):
         table = pq.read_table(os.path.join(parquet_dir, f"{split}.parquet"), columns=["image", "label"])
-        for i, (blob, label) in enumerate(zip(table.column("image").to_pylist(), table.column("label").to_pylist())):
+        rows = zip(table.column("image").to_pylist(), table.column("label").to_pylist(), strict=True)
+        for i, (blob, label) in enumerate(rows):
             folder = out / "folders" / split / cifar.CIFAR10_CLASSES[label]
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{i:05d}.jpg").write_bytes(blob)
@@ -65,7 +66,8 @@ def main() -> None:
     parquet_dir = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/cifar10"
     blobs = []
     for split in ("train", "test"):
-        blobs += pq.read_table(os.path.join(parquet_dir, f"{split}.parquet"), columns=["image"]).column("image").to_pylist()
+        table = pq.read_table(os.path.join(parquet_dir, f"{split}.parquet"), columns=["image"])
+        blobs += table.column("image").to_pylist()
     reference = cifar.load_cifar10(parquet_dir, download=False)
     name = str
     result = {"images": len(blobs), "cpu_count": os.cpu_count(),
@@ -77,7 +79,7 @@ def main() -> None:
         for fmt, folder in (("parquet", parquet_dir), ("folders", f"{tmp}/folders"), ("python", f"{tmp}/python")):
             data = cifar.load_cifar10(folder, download=False)
             assert data.source == fmt and len(data.train_labels) + len(data.test_labels) == len(blobs)
-            result[f"load_{fmt}_s"] = best_of(lambda: cifar.load_cifar10(folder, download=False))
+            result[f"load_{fmt}_s"] = best_of(lambda folder=folder: cifar.load_cifar10(folder, download=False))
         cifar._LOCAL_THREADS = 2  # the same folders read by 2 threads
         result["load_folders_2_threads_s"] = best_of(lambda: cifar.load_cifar10(f"{tmp}/folders", download=False))
         cifar._LOCAL_THREADS = 1

@@ -9,7 +9,7 @@
    `--num-workers WORKERS`: at 2, each worker's BatchNorm sees 128 samples, as on the lab's two
    DataParallel GPUs (DDP keeps rank 0's running statistics, as DataParallel keeps replica 0's).
 
-    PYTHONPATH=. python3 benchmarks/gpu_cifar.py --data-dir .devdata/cifar10 --out DIR [--tiny]
+    python benchmarks/gpu_cifar.py --data-dir .devdata/cifar10 --out DIR [--tiny]
 
 --tiny runs a few steps on a few hundred images (to test the script on a CPU). Prints and writes
 one JSON object (DIR/gpu_cifar.json).
@@ -27,12 +27,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
 from cvray.classification.augment import BatchAugment
-from cvray.classification.worker import fit, summarize
-from cvray.config import CifarTrainConfig
-from cvray.on_ray.connect import free_port
+from cvray.classification.config import CifarTrainConfig
 from cvray.classification.engine import DeviceDataset, train_one_epoch, world
+from cvray.classification.metrics import summarize
 from cvray.classification.models import d2l_resnet18
+from cvray.classification.recipes import CifarRecipe
+from cvray.classification.worker import fit
+from cvray.console import lab_lines
+from cvray.net import free_port
 
 
 def step_throughput(device, batch_size: int, precision: str, steps: int, compile_model: bool = False) -> dict:
@@ -53,9 +57,10 @@ def step_throughput(device, batch_size: int, precision: str, steps: int, compile
     augment = BatchAugment(("flip",))
     generator = torch.Generator(device=device).manual_seed(0)
     warm = torch.arange(batch_size * 3, device=device) % n
-    train_one_epoch(model, optimizer, data, warm, batch_size, augment, generator, precision)
+    train_one_epoch(model, optimizer, data.batches(warm, batch_size), len(warm), augment, generator, precision)
     warmup_seconds = time.perf_counter() - start
-    out = train_one_epoch(model, optimizer, data, torch.arange(n, device=device), batch_size, augment, generator, precision)
+    everything = torch.arange(n, device=device)
+    out = train_one_epoch(model, optimizer, data.batches(everything, batch_size), n, augment, generator, precision)
     return {
         "batch_size": batch_size, "precision": precision, "compiled": compile_model, "steps": steps,
         "examples_per_sec": round(out["examples"] / out["seconds"], 1),
@@ -63,7 +68,9 @@ def step_throughput(device, batch_size: int, precision: str, steps: int, compile
     }
 
 
-def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, seed: int = 0, data: str = "jpeg") -> dict:
+def lab_recipe(
+    device, data_dir: str, epochs: int, precision: str, tiny: bool, seed: int = 0, data: str = "jpeg"
+) -> dict:
     """data: "jpeg" trains and tests on the Parquet as it is; "rejpeg" on both splits after a
     second, grid-shifted JPEG pass (benchmarks/jpeg_effect.py): the accuracy that pass costs
     estimates what the Parquet's own JPEG compression costs against the lossless originals."""
@@ -74,7 +81,8 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, s
         train_samples=512 if tiny else None, test_samples=256 if tiny else None,
     )
     start = time.perf_counter()
-    arrays = load_cifar10(data_dir, download=False, train_samples=config.train_samples, test_samples=config.test_samples)
+    arrays = load_cifar10(data_dir, download=False, train_samples=config.train_samples,
+                          test_samples=config.test_samples)
     if data == "rejpeg":
         from benchmarks.jpeg_effect import rejpeg_images
 
@@ -92,15 +100,16 @@ def lab_recipe(device, data_dir: str, epochs: int, precision: str, tiny: bool, s
         if rank == 0:
             print(json.dumps(row), flush=True)
 
-    run = fit(config, arrays, device, on_epoch=on_epoch)
+    run = fit(CifarRecipe(), config, arrays, device, on_epoch=on_epoch)
     summary = summarize(run.history)
     return {
-        "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision, "seed": seed, "data": data,
+        "recipe": "lab: d2l ResNet-18, Adam 1e-3, batch 256, flip", "epochs": epochs, "precision": precision,
+        "seed": seed, "data": data,
         "workers": world_size, "batch_size_per_worker": config.batch_size // world_size,
         "train_images": len(arrays.train_labels), "test_images": len(arrays.test_labels),
         "data_load_seconds": round(load_seconds, 2), **{k: round(v, 4) for k, v in summary.items()},
         "epoch_rows": rows,
-        "lab_line": f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, test acc {summary['test_acc']:.3f}",
+        "lab_line": lab_lines(summary, [str(device)]).splitlines()[0],
     }
 
 
@@ -164,8 +173,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument(
         "--recipes", default="bf16:0",
-        help="lab-recipe runs as PRECISION:SEED[:WORKERS[:DATA]],... (e.g. bf16:0,fp32:0,bf16:0:2,bf16:0:1:rejpeg); "
-        "WORKERS DDP processes share the GPU; DATA jpeg (as stored) or rejpeg (a second JPEG pass)",
+        help="lab-recipe runs as PRECISION:SEED[:WORKERS[:DATA]],... (e.g. bf16:0,fp32:0,bf16:0:2,"
+        "bf16:0:1:rejpeg); WORKERS DDP processes share the GPU; DATA jpeg (as stored) or rejpeg (a second JPEG pass)",
     )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile at batch 256 (costs ~1 min)")
@@ -175,7 +184,8 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     result = {
-        "benchmark": "gpu_cifar", "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
+        "benchmark": "gpu_cifar",
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__, "throughput": [], "skipped": [],
     }
     steps = 2 if args.tiny else 40

@@ -10,9 +10,9 @@ whose predicted time does not fit in what is left of --max-seconds is skipped an
 With --weights (the shared VGG-16 file) it also renders the README comparison picture at the
 lab's 300x450 into --out (content | style | lab | balanced, then a style-weight row for each).
 
-    PYTHONPATH=. python3 benchmarks/gpu_style.py --out /tmp/gpu_style \\
+    python benchmarks/gpu_style.py --out /tmp/gpu_style \\
         --weights .devdata/weights/vgg16_features_hed.pth          # < 4 min on one H100
-    PYTHONPATH=. python3 benchmarks/gpu_style.py --out /tmp/t --tiny   # seconds, on the CPU
+    python benchmarks/gpu_style.py --out /tmp/t --tiny   # seconds, on the CPU
 """
 
 from __future__ import annotations
@@ -24,18 +24,17 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from cvray.config import StyleConfig  # noqa: E402
-from cvray.images import load_image, to_pil, to_tensor  # noqa: E402
-from cvray.style.stylizer import Stylizer, normalize  # noqa: E402
-from cvray.style.vgg import build_vgg_features  # noqa: E402
-from lab_style import lab_net, lab_stylize  # noqa: E402
-from style_cpu import lab_indices, synthetic_images  # noqa: E402
-from style_presets import comparison, run_setting  # noqa: E402
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
+from benchmarks.lab_style import lab_net, lab_stylize
+from benchmarks.style_cpu import lab_indices, synthetic_images
+from benchmarks.style_presets import comparison, run_setting
+from cvray.images import load_image, to_pil, to_tensor
+from cvray.style.config import StyleConfig
+from cvray.style.losses import normalize
+from cvray.style.stylizer import Stylizer
+from cvray.style.vgg import build_vgg_features
 
 PICTURE_INPUTS = [  # (content, style): the lead copies the shared data to .devdata/
     (".devdata/images/content/rainier.jpg", ".devdata/images/style/autumn-oak.jpg"),

@@ -4,8 +4,8 @@ Runs benchmarks/gpu_cifar.py and benchmarks/gpu_style.py one after the other, ea
 process with its own time budget (a failure in one keeps the other's results), and collects their
 JSON and pictures under --out.
 
-    PYTHONPATH=. python3 benchmarks/gpu_suite.py --out $OUT            # on the GPU machine
-    PYTHONPATH=. python3 benchmarks/gpu_suite.py --out /tmp/s --tiny   # a CPU check of the script
+    python benchmarks/gpu_suite.py --out $OUT            # on the GPU machine
+    python benchmarks/gpu_suite.py --out /tmp/s --tiny   # a CPU check of the script
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import time
+
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -13,7 +13,7 @@ When a shifted second pass does about as much damage as the first did, training 
 compressed data (benchmarks/gpu_cifar.py --recipes bf16:0:1:rejpeg) estimates what the first
 pass costs in test accuracy: the drop from once- to twice-compressed data.
 
-    PYTHONPATH=. python benchmarks/jpeg_effect.py [--data-dir ../shared/data/cifar10] [--images N]
+    python benchmarks/jpeg_effect.py [--data-dir ../shared/data/cifar10] [--images N]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
 
 QUALITY = 75
 SHIFT = 3  # odd: moves both the 8x8 DCT grid and the 2x2 chroma grid off the first pass's

@@ -3,8 +3,9 @@
 Same model (d2l ResNet-18), data (synthetic CIFAR-shaped uint8 on the device), batch, flip
 augmentation and torch thread count on both sides; rounds alternate direct / Ray so machine drift
 hits both. The direct side runs in a fresh process that never imports Ray (a driver that has
-called ray.init carries Ray's own threads). Steady-state examples/sec excludes a warm-up pass; Ray's fixed start-up (fit() call to
-the worker's first step, and fit() end to end) is reported separately.
+called ray.init carries Ray's own threads). Steady-state examples/sec excludes a warm-up pass;
+Ray's fixed start-up (fit() call to the worker's first step, and fit() end to end) is reported
+separately.
 
     python benchmarks/ray_overhead.py [--batch-size 64] [--steps 8] [--rounds 2] [--cpus 2]
 
@@ -23,11 +24,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cvray.classification.augment import BatchAugment  # noqa: E402
-from cvray.classification.engine import DeviceDataset, train_one_epoch  # noqa: E402
-from cvray.classification.models import d2l_resnet18  # noqa: E402
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
+from _bootstrap import REPO_ROOT
+from cvray.classification.augment import BatchAugment
+from cvray.classification.engine import DeviceDataset, train_one_epoch
+from cvray.classification.models import d2l_resnet18
 
 
 def measure(settings: dict) -> dict:
@@ -44,8 +45,9 @@ def measure(settings: dict) -> dict:
     augment = BatchAugment(("flip",))
     generator = torch.Generator().manual_seed(0)
     warm = torch.arange(settings["batch_size"] * 2)
-    train_one_epoch(model, optimizer, data, warm, settings["batch_size"], augment, generator)
-    out = train_one_epoch(model, optimizer, data, torch.arange(n), settings["batch_size"], augment, generator)
+    batch = settings["batch_size"]
+    train_one_epoch(model, optimizer, data.batches(warm, batch), len(warm), augment, generator)
+    out = train_one_epoch(model, optimizer, data.batches(torch.arange(n), batch), n, augment, generator)
     return {
         "examples_per_sec": out["examples"] / out["seconds"],
         "first_step_at": first_step_at,
@@ -89,9 +91,9 @@ def measure_direct(settings: dict) -> dict:
     import subprocess
 
     code = (
-        "import json, sys; sys.path[:0] = {paths!r}; from ray_overhead import measure; "
-        "print(json.dumps(measure({settings!r})))"
-    ).format(paths=sys.path[:2] + [os.path.dirname(os.path.abspath(__file__))], settings=settings)
+        f"import json, sys; sys.path[:0] = {[str(REPO_ROOT)]!r}; from benchmarks.ray_overhead import measure; "
+        f"print(json.dumps(measure({settings!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -101,7 +103,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for the Ray worker = torch threads on both sides")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2,
+                        help="CPUs for the Ray worker = torch threads on both sides")
     args = parser.parse_args(argv)
     import ray
 

@@ -7,8 +7,8 @@ Same network, images, size and iterations for all three:
   cvray       cvray.style.stylizer.Stylizer, all images in one batch (fp32: bf16 is CUDA-only).
 Each is run `--repeats` times, interleaved, after one warm-up; the fastest run counts.
 
-    PYTHONPATH=. python benchmarks/style_cpu.py            # 4 images 64x96, 20 iterations, ~1-2 min
-    PYTHONPATH=. python benchmarks/style_cpu.py --weights /work/shared/data/weights/vgg16_features_hed.pth --arch vgg16
+    python benchmarks/style_cpu.py            # 4 images 64x96, 20 iterations, ~1-2 min
+    python benchmarks/style_cpu.py --weights /work/shared/data/weights/vgg16_features_hed.pth --arch vgg16
 """
 
 from __future__ import annotations
@@ -16,21 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from cvray.config import StyleConfig  # noqa: E402
-from cvray.images import to_pil, to_tensor  # noqa: E402
-from cvray.style.stylizer import Stylizer, normalize  # noqa: E402
-from cvray.style.vgg import arch_layer_names, build_vgg_features, default_content_layers  # noqa: E402
-from lab_style import lab_net, lab_stylize  # noqa: E402
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
+from benchmarks.lab_style import lab_net, lab_stylize
+from cvray.images import to_pil, to_tensor
+from cvray.style.config import StyleConfig
+from cvray.style.losses import normalize
+from cvray.style.stylizer import Stylizer
+from cvray.style.vgg import arch_layer_names, build_vgg_features, default_content_layers
 
 LAB_STYLE_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "conv5_1")
 

@@ -6,7 +6,7 @@ style weight, the final *unweighted* content and style losses and the style loss
 (the content image's own), so settings with different loss scales compare. A setting "controls
 strength" when the content loss rises and the style loss falls steadily as the style weight grows.
 
-    PYTHONPATH=. python benchmarks/style_presets.py --out /tmp/presets \\
+    python benchmarks/style_presets.py --out /tmp/presets \\
         --picture docs/img/style_compare.png      # shared VGG-16 weights, 150x225, 300 steps
 
 Writes DIR/<setting>.png (content | style | one result per style weight), DIR/results.json and,
@@ -22,13 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from cvray.images import load_image, to_pil  # noqa: E402
-from cvray.style.stylizer import Stylizer, preset_config  # noqa: E402
-from cvray.style_report import comparison_picture  # noqa: E402
+import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
+from cvray.grids import comparison_picture
+from cvray.images import load_image, to_pil
+from cvray.style.presets import preset_config
+from cvray.style.stylizer import Stylizer
 
 DATA = Path("/work/shared/data")
 # name -> (preset, overrides, style weights); None: the preset's weight x 1/10, 1, 10.

@@ -1,35 +1,27 @@
-"""Image folders on local disks and object stores: listing, output naming, atomic writes and
-the per-image manifest of the bulk job.
+"""Image folders on local disks and object stores: listing, safe output naming, atomic writes.
 
-Plain pyarrow + os; no Ray. The bulk job (cvray/bulk.py) lists an input folder here, maps each
-input's relative path to an output path that can never leave the output folder, refuses folder
-pairs where one lies inside the other (a rerun would otherwise stylise its own outputs), and
-keeps one manifest row per input file under OUTPUT/_cvray/.
+Plain pyarrow + os; no Ray. A folder job (bulk stylisation) lists an input folder here, maps each
+input's relative path to an output path that can never leave the output folder, and refuses
+folder pairs where one lies inside the other (a rerun would otherwise process its own outputs).
+What it decided per file is kept by cvray.manifest under OUTPUT/_cvray/.
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import os
 import posixpath
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from cvray import storage
 from cvray.errors import ConfigError, DataError, first_line
+from cvray.images import WRITE_FORMATS
 
-# Extension (lower case) -> Pillow format the output is written in. Every format keeps its
-# extension except GIF: a palette format cannot hold a stylised RGB image, so .gif becomes .png.
-OUTPUT_FORMATS = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".webp": "WEBP",
-    ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".gif": "PNG",
-}
+# Every input keeps its suffix in the output except GIF: a palette format cannot hold a stylised
+# RGB image, so .gif becomes .png.
 RENAMED_SUFFIXES = {".gif": ".png"}
+INPUT_SUFFIXES = {*WRITE_FORMATS, *RENAMED_SUFFIXES}
 METADATA_DIR = "_cvray"
 """Top-level folder of the output that holds the manifest, its parts and the run config."""
 
@@ -150,12 +142,11 @@ def output_name(rel: str) -> tuple[str, str]:
     """
     check_relpath(rel)
     stem, suffix = posixpath.splitext(rel)
-    fmt = OUTPUT_FORMATS.get(suffix.lower())
-    if fmt is None:
+    if suffix.lower() not in INPUT_SUFFIXES:
         kind = f"extension {suffix}" if suffix else "no extension"
-        raise DataError(f"not an image file ({kind}; expected {', '.join(sorted(set(OUTPUT_FORMATS)))})")
-    new_suffix = RENAMED_SUFFIXES.get(suffix.lower())
-    return (stem + new_suffix if new_suffix else rel), fmt
+        raise DataError(f"not an image file ({kind}; expected {', '.join(sorted(INPUT_SUFFIXES))})")
+    out_rel = stem + RENAMED_SUFFIXES[suffix.lower()] if suffix.lower() in RENAMED_SUFFIXES else rel
+    return out_rel, WRITE_FORMATS[posixpath.splitext(out_rel)[1].lower()]
 
 
 def check_not_nested(input_folder: Folder, output_folder: Folder) -> None:
@@ -214,104 +205,6 @@ def write_file(folder: Folder, path: str, data: bytes) -> None:
             f.write(data)
 
 
-# --- the manifest: one row per input file ------------------------------------------------------
-# Each finished or failed image writes its own small Parquet part (keyed by its relative path, so
-# a retry replaces it) the moment it is decided; a crash loses nothing. The end of every run merges
-# the parts into MANIFEST_NAME and deletes them; the next run reads the manifest and any parts
-# left by a crash.
-
-MANIFEST_NAME = "manifest.parquet"
-MANIFEST_SCHEMA = pa.schema([
-    ("relpath", pa.string()),          # input path relative to the input folder
-    ("input", pa.string()),            # input as the user names it (path or URI)
-    ("output", pa.string()),           # output path or URI (null when no output name exists)
-    ("status", pa.string()),           # "done" or "failed"
-    ("error", pa.string()),            # one-line reason when failed
-    ("width", pa.int32()),             # output (processing) size in pixels
-    ("height", pa.int32()),
-    ("input_width", pa.int32()),       # upright input size (EXIF orientation applied)
-    ("input_height", pa.int32()),
-    ("input_bytes", pa.int64()),
-    ("loss_content", pa.float64()),    # losses at the last iteration (weighted, as optimised)
-    ("loss_style", pa.float64()),
-    ("loss_tv", pa.float64()),
-    ("loss_total", pa.float64()),
-    ("loss_curve", pa.list_(pa.float32())),  # total loss per iteration
-    ("seconds", pa.float64()),         # stylising time of the image's batch / images in it
-    ("batch_images", pa.int32()),      # images optimised together with it (same shape)
-    ("run_id", pa.string()),           # the run that decided this row
-    ("finished_at", pa.timestamp("ms", tz="UTC")),
-])
-CSV_COLUMNS = [name for name in MANIFEST_SCHEMA.names if name != "loss_curve"]
-
-
 def metadata_path(folder: Folder, *parts: str) -> str:
+    """Path inside `folder.fs` of OUTPUT/_cvray/<parts>."""
     return folder.path_of("/".join((METADATA_DIR, *parts)))
-
-
-def part_path(folder: Folder, relpath: str) -> str:
-    digest = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:24]
-    return metadata_path(folder, "parts", f"{digest}.parquet")
-
-
-def records_to_table(records: list[dict]) -> pa.Table:
-    columns = {name: [r.get(name) for r in records] for name in MANIFEST_SCHEMA.names}
-    return pa.table(columns, schema=MANIFEST_SCHEMA)
-
-
-def table_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
-def write_manifest_part(folder: Folder, record: dict) -> None:
-    write_file(folder, part_path(folder, record["relpath"]), table_bytes(records_to_table([record])))
-
-
-def read_manifest_state(folder: Folder) -> tuple[dict[str, dict], list[str]]:
-    """({relpath: latest record}, paths of the parts read) from the manifest and leftover parts."""
-    records: dict[str, dict] = {}
-    manifest = metadata_path(folder, MANIFEST_NAME)
-    if folder.fs.get_file_info(manifest).type == pafs.FileType.File:
-        for row in _read_table(folder, [manifest]).to_pylist():
-            records[row["relpath"]] = row
-    parts_dir = metadata_path(folder, "parts")
-    parts = []
-    if folder.fs.get_file_info(parts_dir).type == pafs.FileType.Directory:
-        infos = folder.fs.get_file_info(pafs.FileSelector(parts_dir))
-        parts = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-    if parts:
-        for row in _read_table(folder, parts).sort_by("finished_at").to_pylist():
-            records[row["relpath"]] = row  # parts are newer than the manifest they were not merged into
-    return records, parts
-
-
-def _read_table(folder: Folder, paths: list[str]) -> pa.Table:
-    try:
-        tables = [pq.read_table(p, filesystem=folder.fs, schema=MANIFEST_SCHEMA) for p in paths]
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise DataError(
-            f"cannot read the manifest under {folder.uri}/{METADATA_DIR} ({first_line(exc)}); "
-            "delete that folder or use --overwrite"
-        ) from None
-    return pa.concat_tables(tables) if tables else records_to_table([])
-
-
-def write_manifest(folder: Folder, records: list[dict], merged_parts: list[str]) -> str:
-    """Write MANIFEST_NAME (and a CSV copy without the curves), then delete the merged parts."""
-    table = records_to_table(sorted(records, key=lambda r: r["relpath"]))
-    write_file(folder, metadata_path(folder, MANIFEST_NAME), table_bytes(table))
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(table.select(CSV_COLUMNS), sink)
-    write_file(folder, metadata_path(folder, "manifest.csv"), sink.getvalue().to_pybytes())
-    for path in merged_parts:
-        try:
-            folder.fs.delete_file(path)
-        except OSError:
-            pass  # already gone; the manifest holds its row
-    return folder.uri_of(f"{METADATA_DIR}/{MANIFEST_NAME}")
-
-
-def now_utc() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)

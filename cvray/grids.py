@@ -1,4 +1,5 @@
-"""Labelled image grids as PNG: augmentation galleries, style contact sheets.
+"""Labelled image grids: augmentation galleries and contact sheets (save_image_grid, matplotlib),
+and side-by-side comparisons at exact pixel sizes (comparison_picture, PIL).
 
 matplotlib's object API on the Agg canvas (no pyplot, no global figure state), so it is safe in
 Ray workers and threads and never needs a display. The PNG goes through cvray.storage, so `path`
@@ -9,18 +10,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from cvray import storage
 from cvray.errors import DataError
 
-GridImage = Union[Image.Image, torch.Tensor, np.ndarray]
+GridImage = Image.Image | torch.Tensor | np.ndarray
 """PIL image; tensor (3, H, W) or (H, W) as float in [0, 1] or uint8; or array (H, W, 3) uint8."""
 
 
@@ -115,3 +115,41 @@ def _quantise_png(png: bytes, colors: int) -> bytes:
     out = io.BytesIO()
     img.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(out, format="PNG", optimize=True)
     return out.getvalue()
+
+
+LABEL_HEIGHT = 18
+"""Pixels under each image of comparison_picture for its caption."""
+
+
+def comparison_picture(
+    rows: Sequence[Sequence[Image.Image]],
+    labels: Sequence[Sequence[str]] | None = None,
+    height: int | None = None,
+    gap: int = 4,
+) -> Image.Image:
+    """Images in rows at exact pixel sizes (PIL, no matplotlib), each scaled to one height
+    (default: the first image's), a caption under each when `labels` is given; white background."""
+    height = height or rows[0][0].height
+    scaled = [[_to_height(img, height) for img in row] for row in rows]
+    label_h = LABEL_HEIGHT if labels else 0
+    width = max(sum(img.width for img in row) + gap * (len(row) - 1) for row in scaled)
+    total_h = len(scaled) * (height + label_h) + gap * (len(scaled) - 1)
+    canvas = Image.new("RGB", (width, total_h), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    y = 0
+    for r, row in enumerate(scaled):
+        x = 0
+        for c, img in enumerate(row):
+            canvas.paste(img.convert("RGB"), (x, y))
+            if labels:
+                draw.text((x + 2, y + height + 3), labels[r][c], fill="black", font=font)
+            x += img.width + gap
+        y += height + label_h + gap
+    return canvas
+
+
+def _to_height(img: Image.Image, height: int) -> Image.Image:
+    if img.height == height:
+        return img
+    width = max(1, round(img.width * height / img.height))
+    return img.resize((width, height), Image.LANCZOS, reducing_gap=3.0)

@@ -1,4 +1,5 @@
-"""Robust decoding of arbitrary user images into RGB, and resizing for the networks.
+"""Image decoding and encoding: arbitrary user images into RGB, resizing, tensors, and the one
+list of formats every job writes.
 
 Plain Pillow + torch; no Ray. Every failure is a DataError with a one-line reason.
 """
@@ -25,6 +26,17 @@ _DECODE_ERRORS = (
     UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
     Image.DecompressionBombError,
 )
+
+# File suffix (lower case) -> the Pillow format written for it, with one quality per format.
+WRITE_FORMATS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".webp": "WEBP",
+    ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+}
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel RGB mean of ImageNet, on [0, 1] pixels (torchvision's pretrained networks)."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Pillow's decompression-bomb guard stays on, at a limit that still admits large photos
 # (about 32k x 32k); anything larger is refused before decoding.
@@ -89,10 +101,20 @@ def decode_image_at(
 
 def encode_image(img: Image.Image, fmt: str) -> bytes:
     """Encode an RGB image in a Pillow format (JPEG, PNG, WEBP, BMP, TIFF) at high quality."""
-    options = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}.get(fmt, {})
     buffer = io.BytesIO()
-    img.convert("RGB").save(buffer, format=fmt, **options)
+    img.convert("RGB").save(buffer, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
     return buffer.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    return encode_image(img, "PNG")
+
+
+def format_for(path: str) -> str | None:
+    """The Pillow format written for `path` by its suffix (WRITE_FORMATS), or None."""
+    name = str(path).rsplit("/", 1)[-1]
+    _, dot, suffix = name.rpartition(".")
+    return WRITE_FORMATS.get(f".{suffix.lower()}") if dot else None
 
 
 def load_image(path: str, *, max_side: int | None = None) -> Image.Image:

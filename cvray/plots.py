@@ -1,23 +1,45 @@
-"""Plots and console lines for training runs (matplotlib, Agg backend: no display needed)."""
+"""Plots as PNG bytes: training curves (the lab's animator) and style-transfer loss curves.
+
+matplotlib's object API on the Agg canvas (Figure + FigureCanvasAgg, no pyplot): importing this
+module changes no global backend, so it is safe in Ray workers, threads and notebooks alike.
+"""
 
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cvray import storage  # noqa: E402
+from cvray import storage
 
 
-def curves_png(history: Sequence[dict[str, Any]], title: str = "") -> bytes:
+def new_figure(width_in: float, height_in: float, dpi: int = 120) -> tuple[Figure, Axes]:
+    """A one-axes figure on its own Agg canvas (no global state)."""
+    fig = Figure(figsize=(width_in, height_in), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def figure_png(fig: Figure, ax: Axes, title: str = "") -> bytes:
+    """Finish a one-axes figure (title, tight layout) and return it as PNG bytes."""
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def curves_png(history: Sequence[Mapping[str, Any]], title: str = "") -> bytes:
     """The lab's animator figure: train loss, train acc and test acc against epoch, as PNG bytes."""
     rows = sorted(history, key=lambda r: r["epoch"])
     epochs = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    fig, ax = new_figure(4.5, 3.2)
     ax.plot(epochs, [r["train_loss"] for r in rows], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in rows], "m--", label="train acc")
     ax.plot(epochs, [r["test_acc"] for r in rows], "g-.", label="test acc")
@@ -29,46 +51,20 @@ def curves_png(history: Sequence[dict[str, Any]], title: str = "") -> bytes:
     return figure_png(fig, ax, title)
 
 
-def figure_png(fig, ax, title: str = "") -> bytes:
-    """Finish a one-axes figure (title, tight layout) and return it as PNG bytes; closes it."""
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def write_curves(path: str, history: Sequence[dict[str, Any]], title: str = "") -> None:
+def write_curves(path: str, history: Sequence[Mapping[str, Any]], title: str = "") -> None:
     storage.write_bytes_atomic(path, curves_png(history, title))
 
 
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    """One progress line per epoch, e.g. `epoch 3/10: loss 0.658, train acc 0.770, test acc 0.727, 33044.8 examples/sec, 1.6 s`."""
-    return (
-        f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.3f}, train acc {row['train_acc']:.3f}, "
-        f"test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec, {row['epoch_seconds']:.1f} s"
-    )
-
-
-def progress_line(sums: dict[str, float], epoch: int, epochs: int, world_size: int = 1) -> str:
-    """A line within a long epoch from train_one_epoch's running sums of one worker (of
-    `world_size` alike), e.g. `epoch 1/10: 26% (12928/50000 images), loss 1.930, 47.1 examples/sec, 13.2 min left`."""
-    done, total, seconds = sums["examples"], sums["total"], sums["seconds"]
-    rate = done / seconds if seconds > 0 else 0.0
-    left_min = (total - done) / rate / 60 if rate > 0 else float("nan")
-    return (
-        f"epoch {epoch}/{epochs}: {100 * done / total:.0f}% ({int(done) * world_size}/{int(total) * world_size} images), "
-        f"loss {sums['loss_sum'] / max(done, 1):.3f}, {rate * world_size:.1f} examples/sec, {left_min:.1f} min left"
-    )
-
-
-def lab_lines(summary: dict[str, Any], devices: Sequence[str]) -> str:
-    """The lab's two closing lines, e.g.
-    `loss 0.178, train acc 0.938, test acc 0.844` / `5647.3 examples/sec on [cuda:0, cuda:1]`."""
-    return (
-        f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, "
-        f"test acc {summary['test_acc']:.3f}\n"
-        f"{summary['examples_per_sec']:.1f} examples/sec on [{', '.join(devices)}]"
-    )
+def loss_curves_png(losses: Mapping[str, np.ndarray], title: str = "") -> bytes:
+    """PNG of per-iteration losses {name: (iterations,)} on a log scale, like the lab's animator."""
+    fig, ax = new_figure(5, 3.2, dpi=100)
+    for name, values in losses.items():
+        values = np.asarray(values, dtype=np.float64)
+        # log scale: zeros (the content loss at a content init) are left out, not drawn at -inf
+        ax.plot(np.arange(1, len(values) + 1), np.where(values > 0, values, np.nan), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (weighted)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return figure_png(fig, ax, title)

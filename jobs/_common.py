@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from cvray.console import configure_logging  # noqa: E402
 from cvray.errors import CvrayError  # noqa: E402
 
 EXIT_USAGE = 2
@@ -27,8 +28,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _DefaultsOnceFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already names its default or there
+    is none worth showing (None, False, an unset preset value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        is_switch = isinstance(action, (argparse._StoreConstAction, argparse.BooleanOptionalAction))
+        if "default" in text or is_switch or not action.option_strings or any(
+            default is nothing for nothing in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        if isinstance(default, (tuple, list)):
+            default = ",".join(str(v) for v in default)
+        return f"{text} (default: {default})"
+
+
 def make_parser(description: str) -> Parser:
-    return Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return Parser(description=description, formatter_class=_DefaultsOnceFormatter)
 
 
 def positive_int(text: str) -> int:
@@ -60,8 +78,10 @@ def non_negative_float(text: str) -> float:
 
 
 def run(main, argv=None) -> int:
-    """Call main(argv); turn a CvrayError into `error: ...` on stderr and exit code 2."""
+    """Call main(argv) with the library's log lines on the console; turn a CvrayError into
+    `error: ...` on stderr and exit code 2, Ctrl-C into one line and exit code 130."""
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else worker prints show twice
+    configure_logging()
     try:
         return main(argv) or 0
     except CvrayError as exc:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 
 import _common  # noqa: F401 - puts the repository root on sys.path
-
-from cvray.config import PRECISIONS, StyleConfig
+from cvray.config import PRECISIONS
 from cvray.errors import ConfigError
-from cvray.style.stylizer import STYLE_PRESETS, preset_config, validate_style_config
+from cvray.style.config import StyleConfig
+from cvray.style.presets import STYLE_PRESETS, preset_config, validate_style_config
 from cvray.style.vgg import ARCHS, arch_layer_names, check_layer_names, default_content_layers
 
 # flag dest -> StyleConfig field, for flags whose value goes into the config unchanged

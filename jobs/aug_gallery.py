@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import sys
 
-import _common
-
 import torch  # noqa: E402
 
+import _common
 from cvray.classification.augment import lab_transform  # noqa: E402
-from cvray.images import load_image  # noqa: E402
 from cvray.grids import save_image_grid  # noqa: E402
+from cvray.images import load_image  # noqa: E402
 
 # (row label, preset name) in the lab's order of presentation.
 GALLERY_ROWS = (

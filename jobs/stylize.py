@@ -13,7 +13,6 @@ it, named after it (out/rainier_*):
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -22,15 +21,14 @@ import sys
 
 import _common
 import _style_args
-
 from cvray import storage
-from cvray.images import load_image, to_pil
 from cvray.errors import ConfigError
-from cvray.style.stylizer import LOSS_NAMES, Stylizer, load_style_images
-from cvray.style_report import comparison_picture, loss_curves_png, png_bytes
+from cvray.grids import comparison_picture
+from cvray.images import WRITE_FORMATS, encode_image, format_for, load_image, png_bytes, to_pil
+from cvray.plots import loss_curves_png
+from cvray.style.losses import LOSS_NAMES
+from cvray.style.stylizer import Stylizer, load_style_images
 
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
-                 ".tif": "TIFF", ".tiff": "TIFF"}
 PROGRESS_EVERY = 50  # iterations between console progress lines
 
 
@@ -80,14 +78,15 @@ def output_paths(output: str) -> dict[str, str]:
     """The result path and its siblings (see the module docstring); ConfigError for a path
     without an image suffix."""
     folder, name = posixpath.split(output)  # "/"-separated for local paths and URIs alike
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or not stem or f".{suffix.lower()}" not in IMAGE_FORMATS:
+    stem, _, _ = name.rpartition(".")
+    fmt = format_for(name)
+    if not stem or fmt is None:
         raise ConfigError(
-            f"--output must be an image file path ending {', '.join(IMAGE_FORMATS)}, got {output!r}"
+            f"--output must be an image file path ending {', '.join(WRITE_FORMATS)}, got {output!r}"
         )
     base = storage.join(folder, stem) if folder else stem
     return {
-        "image": output, "stem": stem, "format": IMAGE_FORMATS[f".{suffix.lower()}"],
+        "image": output, "stem": stem, "format": fmt,
         "losses": f"{base}_losses.csv", "curves": f"{base}_curves.png",
         "strip": f"{base}_strip.png", "run": f"{base}_run.json", "steps": f"{base}_steps",
     }
@@ -95,9 +94,7 @@ def output_paths(output: str) -> dict[str, str]:
 
 def write_outputs(paths, args, config, device, content, styles, result) -> None:
     image = to_pil(result.images[0])
-    buffer = io.BytesIO()
-    image.save(buffer, format=paths["format"], **({"quality": 95} if paths["format"] == "JPEG" else {}))
-    storage.write_bytes_atomic(paths["image"], buffer.getvalue())
+    storage.write_bytes_atomic(paths["image"], encode_image(image, paths["format"]))
     rows = ["iteration," + ",".join(LOSS_NAMES)]
     n = result.losses["total"].shape[1]
     for i in range(n):

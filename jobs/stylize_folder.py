@@ -18,8 +18,7 @@ import sys
 
 import _common
 import _style_args
-
-from cvray.config import StylizeFolderConfig
+from cvray.style.config import StylizeFolderConfig
 
 
 def main(argv=None) -> int:
@@ -54,7 +53,10 @@ def main(argv=None) -> int:
     )
     from cvray.on_ray.bulk import run_bulk  # after argument checks: --help stays fast
 
-    run_bulk(config, address=args.address)
+    summary = run_bulk(config, address=args.address)
+    print(summary.line())
+    for error in summary.errors:
+        print(f"  failed: {error}")
     return 0
 
 

@@ -1,12 +1,20 @@
-"""Shared fixtures: one local Ray instance for the whole test run (start-up costs ~10 s)."""
+"""Shared fixtures: one local Ray instance for the whole test run (start-up costs ~10 s), and small
+CIFAR-format data."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -35,3 +43,60 @@ def ray_local():
         )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def write_parquet_split(path, n: int, seed: int) -> None:
+    """CIFAR-format Parquet: PNG bytes of 32x32 RGB images whose class tints them (learnable)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    palette = rng.integers(0, 256, (10, 3))
+    blobs = []
+    for label in labels:
+        pixels = (0.6 * palette[label] + 0.4 * rng.integers(0, 256, (32, 32, 3))).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG")
+        blobs.append(buffer.getvalue())
+    pq.write_table(pa.table({"image": blobs, "label": labels.astype(np.int64)}), path)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory):
+    """A CIFAR-10 folder in the Parquet format: 128 train and 64 test images."""
+    folder = tmp_path_factory.mktemp("cifar")
+    write_parquet_split(folder / "train.parquet", 128, seed=1)
+    write_parquet_split(folder / "test.parquet", 64, seed=2)
+    return folder
+
+
+_TWO_NODE_CLUSTER = """
+import json, sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1"})
+cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+print(json.dumps({"address": cluster.address}), flush=True)
+sys.stdin.read()  # until the test session closes stdin (or dies)
+cluster.shutdown()
+"""
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster():
+    """A real two-node Ray cluster on this machine, run by its own process: a head with no CPUs (the
+    node a driver joins) and a worker node with 2 CPUs, so every Ray task, actor and training worker
+    runs on another node than the driver's. Yields the address; shut down at the end of the session."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-c", _TWO_NODE_CLUSTER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the two-node cluster did not start (exit code {proc.wait(timeout=60)})")
+        yield json.loads(line)["address"]
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

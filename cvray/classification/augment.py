@@ -1,4 +1,5 @@
-"""The lab's image augmentations (d2l "image augmentation"), two ways.
+"""The lab's image augmentations (d2l "image augmentation"), two ways, and the named train and
+eval presets the training recipes use (`train_transform`, `eval_transform`).
 
 1. `BatchAugment`: batched tensor ops for training. A whole (B, 3, H, W) uint8 batch is augmented
    on its own device (GPU or CPU) in a handful of kernels: randomness is drawn per sample from one
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from cvray.config import AUG_PRESETS
+from cvray.classification.config import validate_names
 from cvray.errors import ConfigError, DataError
 
 # The lab's settings (d2l image-augmentation section).
@@ -36,16 +37,6 @@ LAB_CROP_SIZE = (200, 200)
 # ITU-R 601-2 luma, the weights torchvision's rgb_to_grayscale uses.
 _LUMA = (0.2989, 0.587, 0.114)
 _CROP_TRIES = 10  # torchvision's number of (area, ratio) draws before the central-crop fallback
-
-
-def validate_names(names: Sequence[str]) -> tuple[str, ...]:
-    """Return `names` as a tuple, or raise ConfigError naming the first unknown preset."""
-    if isinstance(names, str):
-        names = (names,)
-    for name in names:
-        if name not in AUG_PRESETS:
-            raise ConfigError(f"unknown augmentation {name!r}; choose from {', '.join(AUG_PRESETS)}")
-    return tuple(names)
 
 
 class BatchAugment:
@@ -126,6 +117,31 @@ def _uniform(x: torch.Tensor, low: float, high: float, generator: torch.Generato
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, 1, 1), to broadcast against (B, C, H, W)."""
     return values.view(-1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------- named presets for training
+
+TRANSFORM_PRESETS = ("cifar",)
+"""cifar: the CIFAR lab's input (unnormalised [0, 1] at the stored size); train adds `aug`."""
+
+
+def to_unit_float(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 in [0, 1]: the CIFAR lab's evaluation input."""
+    return _to_float(images)
+
+
+def train_transform(preset: str, aug: Sequence[str] = ("flip",)):
+    """The batch transform a recipe trains with: uint8 (B, 3, H, W) -> float model input."""
+    if preset == "cifar":
+        return BatchAugment(aug)
+    raise ConfigError(f"unknown transform preset {preset!r}; choose one of {', '.join(TRANSFORM_PRESETS)}")
+
+
+def eval_transform(preset: str):
+    """The batch transform a recipe evaluates (and predicts) with."""
+    if preset == "cifar":
+        return to_unit_float
+    raise ConfigError(f"unknown transform preset {preset!r}; choose one of {', '.join(TRANSFORM_PRESETS)}")
 
 
 # ---------------------------------------------------------------- flips

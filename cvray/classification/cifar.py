@@ -2,7 +2,8 @@
 torchvision's python pickles (`cifar-10-batches-py/`), Parquet (`train.parquet` + `test.parquet`,
 encoded `image` bytes + int `label`) or image folders (`train/<class>/*`, `test/<class>/*`).
 Local folders holding none of them get the official archive downloaded; object-store URIs are
-read through cvray.storage. No Ray here. Every failure is a one-line DataError naming the file.
+read through cvray.storage. The result is an ImageClassData of uint8 (N, 3, 32, 32) images. No Ray
+here. Every failure is a one-line DataError naming the file.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -24,11 +24,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from cvray import storage
-from cvray import images
+from cvray import images, storage
 from cvray.classification.cifar_python import (
-    PYTHON_DIR, PYTHON_TEST_FILE, PYTHON_TRAIN_FILES, SIDE, check_labels, read_python_split,
+    PYTHON_DIR,
+    PYTHON_TEST_FILE,
+    PYTHON_TRAIN_FILES,
+    SIDE,
+    check_labels,
+    read_python_split,
 )
+from cvray.classification.engine import ImageClassData
 from cvray.errors import DataError, first_line
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -46,18 +51,6 @@ _REMOTE_THREADS = 16
 _CHUNK = 2048  # images per decode task
 
 
-@dataclass
-class CifarArrays:
-    """CIFAR-10 in memory. Images are (N, 3, 32, 32) uint8, contiguous, on the CPU."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor  # (N,) int64 in 0..9, index into `classes`
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    classes: list[str]
-    source: str  # "python" | "parquet" | "folders": the format it was read from
-
-
 # ----------------------------------------------------------------------------- public API
 
 def detect_format(data_dir: str) -> str | None:
@@ -67,7 +60,7 @@ def detect_format(data_dir: str) -> str | None:
 
 
 def load_cifar10(data_dir: str, *, download: bool = True, train_samples: int | None = None,
-                 test_samples: int | None = None) -> CifarArrays:
+                 test_samples: int | None = None) -> ImageClassData:
     """Read CIFAR-10 from `data_dir` (local path or URI), downloading it first if needed.
 
     `train_samples` / `test_samples` keep the first N images of each split (in file order for
@@ -89,7 +82,7 @@ def load_cifar10(data_dir: str, *, download: bool = True, train_samples: int | N
     for split, (_, labels) in (("train", train), ("test", test)):
         if len(labels) == 0:
             raise DataError(f"{data_dir}: the {fmt} format's {split} split holds no images")
-    return CifarArrays(*_as_tensors(*train), *_as_tensors(*test), list(CIFAR10_CLASSES), fmt)
+    return ImageClassData(*_as_tensors(*train), *_as_tensors(*test), list(CIFAR10_CLASSES), fmt)
 
 
 def download_cifar10(data_dir: str, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> None:
@@ -329,7 +322,7 @@ def _decode_jpegs(blobs: list, out: np.ndarray) -> set[int]:
     except (RuntimeError, ValueError, TypeError):
         return set()  # one bad file fails the whole call: Pillow then names it
     done = set()
-    for j, image in zip(jpegs, decoded):
+    for j, image in zip(jpegs, decoded, strict=True):
         if image.shape == (3, SIDE, SIDE):
             out[j] = image.numpy()
             done.add(j)

@@ -51,7 +51,7 @@ def read_python_split(folder: str, split: str, limit: int | None) -> tuple[np.nd
         if limit is not None and sum(len(b[1]) for b in batches) >= limit:
             break  # later batches are never read
         batches.append(_read_batch(storage.join(folder, name)))
-    data, labels = (np.concatenate(column)[:limit] for column in zip(*batches))
+    data, labels = (np.concatenate(column)[:limit] for column in zip(*batches, strict=True))
     return data.reshape(-1, 3, SIDE, SIDE), labels  # each row: R plane, G plane, B plane
 
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+from cvray.classification.metrics import EvalSums, ProgressSums, TrainSums
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""(uint8 images (B, 3, H, W), int64 labels (B,)), on the training device."""
+BatchTransform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+"""uint8 images (B, 3, H, W) -> float32 model input (B, 3, H', W'), on the images' device."""
+LOSS_REDUCTIONS = ("mean", "sum")
 
 
 def world() -> tuple[int, int]:
@@ -28,13 +34,18 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle (the same on every worker); workers derive theirs from it."""
+    return seed * 1_000_003 + epoch
+
+
 def shard_indices(num_samples: int, num_shards: int, shard: int, seed: int, epoch: int) -> torch.Tensor:
     """This shard's sample indices for one epoch: a block of a permutation every shard draws alike.
 
     Shards are disjoint and equally long (the < num_shards leftover samples sit out this epoch,
     different ones each epoch), so every worker runs the same number of steps, as DDP needs.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     permutation = torch.randperm(num_samples, generator=generator)
     per_shard = num_samples // num_shards
     return permutation[shard * per_shard:(shard + 1) * per_shard]
@@ -52,6 +63,21 @@ def uses_channels_last(device: torch.device, precision: str) -> bool:
 
 
 @dataclass
+class ImageClassData:
+    """A labelled image set in host memory: what a recipe's dataset hands the training loop."""
+
+    train_images: torch.Tensor
+    """(N, 3, H, W) uint8, contiguous, on the CPU."""
+    train_labels: torch.Tensor
+    """(N,) int64, indices into `classes`."""
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    source: str
+    """Where it was read from, in words (e.g. the CIFAR format: "python", "parquet", "folders")."""
+
+
+@dataclass
 class DeviceDataset:
     """A labelled image set held on the training device as uint8: images (N, 3, H, W), labels (N,)."""
 
@@ -59,91 +85,111 @@ class DeviceDataset:
     labels: torch.Tensor
 
     @classmethod
-    def to_device(cls, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> "DeviceDataset":
+    def to_device(cls, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> DeviceDataset:
         return cls(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        """The samples at `indices`, in that order, `batch_size` at a time."""
+        indices = indices.to(self.images.device)
+        for begin in range(0, indices.numel(), batch_size):
+            batch = indices[begin:begin + batch_size]
+            # index_select: a plain gather (advanced indexing is ~20x slower on CPU here).
+            yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
+
+    def train_shard(self, rank: int, world_size: int, seed: int, epoch: int) -> torch.Tensor:
+        """This worker's indices for a training epoch (see shard_indices)."""
+        return shard_indices(len(self), world_size, rank, seed, epoch)
+
+    def eval_shard(self, rank: int, world_size: int) -> torch.Tensor:
+        """Every rank-th sample: shards cover the set exactly once (lengths may differ by one)."""
+        return torch.arange(rank, len(self), world_size)
+
 
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: DeviceDataset,
-    indices: torch.Tensor,
-    batch_size: int,
-    augment: Augment,
+    batches: Iterable[Batch],
+    num_examples: int,
+    transform: BatchTransform,
     generator: torch.Generator | None,
     precision: str = "fp32",
-    progress: Callable[[dict[str, float]], None] | None = None,
+    loss_reduction: str = "mean",
+    progress: Callable[[ProgressSums], None] | None = None,
     progress_every_s: float = 60.0,
-) -> dict[str, float]:
-    """One pass over `indices` (this worker's shard) in batches of `batch_size`.
+) -> TrainSums:
+    """One pass over this worker's `batches` (`num_examples` samples in all).
 
-    progress: called with the running sums {"loss_sum", "correct", "examples", "total",
-    "seconds"} after a step once `progress_every_s` seconds have passed since the last call (for
-    CPU epochs that take minutes; the device is synchronised only then).
-
-    Returns this worker's sums: {"loss_sum", "correct", "examples", "seconds"}. Backward runs on
-    the mean cross-entropy per sample; the lab sums instead, which cvray.classification.worker.lab_adam
-    matches exactly by scaling Adam's epsilon.
+    loss_reduction: "mean" backpropagates the mean per-sample cross-entropy of the worker's batch;
+    "sum" backpropagates the per-sample sum times the world size, so that DDP's gradient average
+    over workers equals the gradient of the global batch's summed loss (the lab's `.sum()`).
+    progress: called with the running ProgressSums after a step once `progress_every_s` seconds
+    have passed since the last call (for CPU epochs that take minutes; the device is synchronised
+    only then). Returns this worker's TrainSums.
     """
-    device = data.images.device
-    channels_last = uses_channels_last(device, precision)
-    indices = indices.to(device)
+    if loss_reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
+    scale = world()[1] if loss_reduction == "sum" else 1
     model.train()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    loss_sum = correct = None
+    seen = 0
     start = last_progress = time.perf_counter()
-    for begin in range(0, indices.numel(), batch_size):
-        batch = indices[begin:begin + batch_size]
-        # index_select: a plain gather (advanced indexing is ~20x slower on CPU here).
-        x = augment(data.images.index_select(0, batch), generator)  # uint8 -> float32 (B, 3, H, W) in [0, 1]
-        if channels_last:
+    for images, labels in batches:
+        device = images.device
+        if loss_sum is None:
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+        x = transform(images, generator)  # uint8 -> float32 (B, 3, H', W')
+        if uses_channels_last(device, precision):
             x = x.contiguous(memory_format=torch.channels_last)
-        y = data.labels.index_select(0, batch)
         with autocast(device, precision):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
+        loss = losses.mean() if loss_reduction == "mean" else losses.sum() * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         # Accumulate on the device: a .item() per step would stall the GPU every batch.
-        loss_sum += loss.detach().double() * batch.numel()
-        correct += (logits.argmax(dim=1) == y).sum()
+        loss_sum += losses.detach().double().sum()
+        correct += (logits.argmax(dim=1) == labels).sum()
+        seen += labels.numel()
         if progress is not None and time.perf_counter() - last_progress >= progress_every_s:
             last_progress = time.perf_counter()
-            progress({
-                "loss_sum": loss_sum.item(), "correct": float(correct.item()), "examples": float(begin + batch.numel()),
-                "total": float(indices.numel()), "seconds": last_progress - start,
-            })
-    totals = {"loss_sum": loss_sum.item(), "correct": float(correct.item()), "examples": float(indices.numel())}
+            progress(ProgressSums(
+                loss_sum=loss_sum.item(), correct=float(correct.item()), examples=float(seen),
+                total=float(num_examples), seconds=last_progress - start,
+            ))
+    totals = TrainSums(
+        loss_sum=loss_sum.item() if loss_sum is not None else 0.0,
+        correct=float(correct.item()) if correct is not None else 0.0,
+        examples=float(seen), seconds=0.0,
+    )
     totals["seconds"] = time.perf_counter() - start  # .item() above synchronised the device
     return totals
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: DeviceDataset, indices: torch.Tensor, batch_size: int, precision: str = "fp32"
-) -> dict[str, float]:
-    """Accuracy sums over `indices`: {"correct", "examples"}. Pass the unwrapped model under DDP
-    (DDP's forward is a collective, and shards may differ in length)."""
-    device = data.images.device
-    channels_last = uses_channels_last(device, precision)
-    indices = indices.to(device)
+    model: nn.Module, batches: Iterable[Batch], transform: BatchTransform, precision: str = "fp32"
+) -> EvalSums:
+    """Accuracy sums over `batches`. Pass the unwrapped model under DDP (DDP's forward is a
+    collective, and evaluation shards may differ in length)."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    for begin in range(0, indices.numel(), batch_size):
-        batch = indices[begin:begin + batch_size]
-        x = data.images.index_select(0, batch).float().div_(255.0)
-        if channels_last:
+    correct, examples = None, 0
+    for images, labels in batches:
+        x = transform(images, None)
+        if uses_channels_last(images.device, precision):
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
+        with autocast(images.device, precision):
             logits = model(x)
-        correct += (logits.argmax(dim=1) == data.labels.index_select(0, batch)).sum()
+        hits = (logits.argmax(dim=1) == labels).sum()
+        correct = hits if correct is None else correct + hits
+        examples += labels.numel()
     model.train(was_training)
-    return {"correct": float(correct.item()), "examples": float(indices.numel())}
+    return EvalSums(correct=float(correct.item()) if correct is not None else 0.0, examples=float(examples))
 
 
 def all_reduce_sums(sums: dict[str, float], device: torch.device, maximum: tuple[str, ...] = ()) -> dict[str, float]:

@@ -1,12 +1,16 @@
-"""Models, plain PyTorch: the d2l CIFAR ResNet-18.
-
-(VGG feature taps for style transfer live in cvray/vgg.py.)
+"""Classification models by architecture name, plain PyTorch: the d2l CIFAR ResNet-18 and
+torchvision's ResNets. (VGG feature taps for style transfer live in cvray.style.vgg.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torchvision
 from torch import nn
+
+from cvray.errors import ConfigError
 
 
 class Residual(nn.Module):
@@ -65,3 +69,22 @@ def xavier_init(module: nn.Module) -> None:
     """The lab's init: Xavier-uniform weights on every Linear and Conv2d (biases keep torch's)."""
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         nn.init.xavier_uniform_(module.weight)
+
+
+def torchvision_resnet(arch: str, num_classes: int) -> nn.Module:
+    """torchvision's ResNet `arch` (its default init) with a `num_classes`-way fc head."""
+    return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+
+
+ARCHS: dict[str, Callable[[int], nn.Module]] = {
+    "d2l_resnet18": d2l_resnet18,
+    **{name: (lambda n, name=name: torchvision_resnet(name, n)) for name in ("resnet18", "resnet34", "resnet50")},
+}
+"""Architecture name -> factory(num_classes) -> model taking float (B, 3, H, W), giving logits."""
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    """The model `arch` (a key of ARCHS) for `num_classes` classes, freshly initialised."""
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch](num_classes)

@@ -1,81 +1,78 @@
-"""CIFAR-10 augmentation training (the lab's recipe) as plain PyTorch.
+"""One worker's share of a training run, for any recipe. Plain PyTorch; no Ray.
 
-`CifarRun` owns model, optimiser and on-device data for one worker and runs whole epochs;
+`WorkerRun` owns the model, optimiser and on-device data of one worker and runs whole epochs;
 `fit` drives it in a single process (benchmarks, the GPU script). Ray Train's per-worker
-function (cvray/train.py) drives the very same object, so there is one training loop.
+function (cvray.on_ray.training) drives the very same object, so there is one training loop.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from cvray.classification.augment import BatchAugment
-from cvray.config import CifarTrainConfig
-from cvray.classification.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch, unwrap, world
-from cvray.classification.models import d2l_resnet18
+from cvray.classification.config import TrainConfig
+from cvray.classification.engine import (
+    DeviceDataset,
+    ImageClassData,
+    all_reduce_sums,
+    epoch_seed,
+    evaluate,
+    train_one_epoch,
+    unwrap,
+    uses_channels_last,
+    world,
+)
+from cvray.classification.metrics import EpochMetrics, ProgressSums
+from cvray.classification.recipes import Recipe
 
 
-LAB_ADAM_EPS = 1e-8  # torch's default, which the lab's Adam uses
+class WorkerRun:
+    """One worker's share of a run. Under torch.distributed, DDP wraps the model."""
 
-
-def lab_adam(parameters, lr: float, batch_size: int, fused: bool | None = None) -> torch.optim.Adam:
-    """The lab's Adam for a loop that averages the loss over the global batch of `batch_size`.
-
-    The lab sums per-sample losses before backward (d2l's train_batch_ch13), so its gradients
-    are batch_size times ours. Adam ignores that factor except through eps (Adam with eps on
-    c * g takes the same steps as Adam with eps / c on g), so eps / batch_size reproduces the
-    lab's updates exactly on full batches (tests/test_engine.py). With eps itself, parameters
-    whose gradients are ~1e-8 or smaller would move differently.
-    """
-    return torch.optim.Adam(parameters, lr=lr, eps=LAB_ADAM_EPS / batch_size, fused=fused)
-
-
-class CifarRun:
-    """One worker's share of a CIFAR training run. Under torch.distributed, DDP wraps the model."""
-
-    def __init__(self, config: CifarTrainConfig, arrays, device: torch.device):
-        self.config = config
+    def __init__(self, recipe: Recipe, config: TrainConfig, data: ImageClassData, device: torch.device | str):
+        self.recipe, self.config = recipe, config
         self.device = torch.device(device)
         self.rank, self.world_size = world()
         self.batch_size_per_worker = config.batch_size // self.world_size
-        self.classes = list(arrays.classes)
+        self.classes = list(data.classes)
         torch.manual_seed(config.seed)  # identical init on every rank (DDP also broadcasts it)
-        model = d2l_resnet18(num_classes=len(self.classes)).to(self.device)
-        if self.device.type == "cuda" and config.precision == "bf16":
+        model = recipe.build_model(config, len(self.classes)).to(self.device)
+        if uses_channels_last(self.device, config.precision):
             model = model.to(memory_format=torch.channels_last)
+        self.optimizer = recipe.build_optimizer(config, model, self.device)
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
-        # fused Adam: one kernel for all parameters on CUDA; the foreach default elsewhere.
-        fused = True if self.device.type == "cuda" else None
-        self.optimizer = lab_adam(model.parameters(), config.lr, config.batch_size, fused=fused)
-        self.train_data = DeviceDataset.to_device(arrays.train_images, arrays.train_labels, self.device)
-        self.test_data = DeviceDataset.to_device(arrays.test_images, arrays.test_labels, self.device)
-        self.augment = BatchAugment(config.aug)
+        self.train_data = DeviceDataset.to_device(data.train_images, data.train_labels, self.device)
+        self.test_data = DeviceDataset.to_device(data.test_images, data.test_labels, self.device)
+        self.train_transform = recipe.train_transform(config)
+        self.eval_transform = recipe.eval_transform(config)
         self.epoch = 0  # epochs completed
-        self.history: list[dict[str, Any]] = []
+        self.history: list[EpochMetrics] = []
 
-    def run_epoch(self, progress: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
-        """Train one epoch on this worker's shard, evaluate, and return the global metrics row.
+    def run_epoch(self, progress: Callable[[ProgressSums], None] | None = None) -> EpochMetrics:
+        """Train one epoch on this worker's shard, evaluate, and return the run's metrics row.
 
         progress: passed to train_one_epoch (this worker's running sums, about once a minute)."""
         epoch = self.epoch + 1
         start = time.perf_counter()
         cfg = self.config
-        indices = shard_indices(len(self.train_data), self.world_size, self.rank, cfg.seed, epoch)
+        indices = self.train_data.train_shard(self.rank, self.world_size, cfg.seed, epoch)
         generator = torch.Generator(device=self.device)
-        generator.manual_seed((cfg.seed * 1_000_003 + epoch) * 1024 + self.rank)  # per rank, per epoch
+        generator.manual_seed(epoch_seed(cfg.seed, epoch) * 1024 + self.rank)  # augmentation: per rank, per epoch
         train = train_one_epoch(
-            self.model, self.optimizer, self.train_data, indices, self.batch_size_per_worker,
-            self.augment, generator, cfg.precision, progress=progress,
+            self.model, self.optimizer, self.train_data.batches(indices, self.batch_size_per_worker), len(indices),
+            self.train_transform, generator, cfg.precision, self.recipe.loss_reduction,
+            progress=progress, progress_every_s=cfg.progress_every_s,
         )
-        test_indices = torch.arange(self.rank, len(self.test_data), self.world_size)
-        test = evaluate(unwrap(self.model), self.test_data, test_indices, cfg.eval_batch_size, cfg.precision)
+        test_indices = self.test_data.eval_shard(self.rank, self.world_size)
+        test_batches = self.test_data.batches(test_indices, cfg.eval_batch_size)
+        test = evaluate(unwrap(self.model), test_batches, self.eval_transform, cfg.precision)
         totals = all_reduce_sums(
             {
                 "loss_sum": train["loss_sum"], "train_correct": train["correct"],
@@ -85,16 +82,16 @@ class CifarRun:
             },
             self.device, maximum=("train_seconds", "epoch_seconds"),
         )
-        row = {
-            "epoch": epoch,
-            "train_loss": totals["loss_sum"] / totals["train_examples"],
-            "train_acc": totals["train_correct"] / totals["train_examples"],
-            "test_acc": totals["test_correct"] / max(totals["test_examples"], 1.0),
-            "examples_per_sec": totals["train_examples"] / totals["train_seconds"],
-            "train_examples": int(totals["train_examples"]),
-            "train_seconds": totals["train_seconds"],
-            "epoch_seconds": totals["epoch_seconds"],
-        }
+        row = EpochMetrics(
+            epoch=epoch,
+            train_loss=totals["loss_sum"] / totals["train_examples"],
+            train_acc=totals["train_correct"] / totals["train_examples"],
+            test_acc=totals["test_correct"] / max(totals["test_examples"], 1.0),
+            examples_per_sec=totals["train_examples"] / totals["train_seconds"],
+            train_examples=int(totals["train_examples"]),
+            train_seconds=totals["train_seconds"],
+            epoch_seconds=totals["epoch_seconds"],
+        )
         self.epoch = epoch
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
         return row
@@ -108,37 +105,25 @@ class CifarRun:
             "history": list(self.history),
             "config": self.config.to_dict(),
             "classes": self.classes,
+            "recipe": self.recipe.name,
+            **self.recipe.model_info(self.config),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
-        self.history = [dict(r) for r in state["history"] if r["epoch"] <= self.epoch]
+        self.history = [EpochMetrics(**r) for r in state["history"] if r["epoch"] <= self.epoch]
 
 
 def fit(
-    config: CifarTrainConfig, arrays, device: torch.device | str,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> CifarRun:
+    recipe: Recipe, config: TrainConfig, data: ImageClassData, device: torch.device | str,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> WorkerRun:
     """Train for config.epochs in this process; call on_epoch(row) after each epoch."""
-    run = CifarRun(config, arrays, torch.device(device))
+    run = WorkerRun(recipe, config, data, torch.device(device))
     while run.epoch < config.epochs:
         row = run.run_epoch()
         if on_epoch is not None:
             on_epoch(row)
     return run
-
-
-def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
-    """The lab's closing numbers: last epoch's loss/accuracies, examples/sec over all epochs."""
-    last = history[-1]
-    examples = sum(r["train_examples"] for r in history)
-    seconds = sum(r["train_seconds"] for r in history)
-    return {
-        "epochs": int(last["epoch"]),
-        "train_loss": float(last["train_loss"]),
-        "train_acc": float(last["train_acc"]),
-        "test_acc": float(last["test_acc"]),
-        "examples_per_sec": examples / seconds if seconds > 0 else 0.0,
-    }

@@ -1,24 +1,17 @@
-"""Connecting to Ray and sizing work to the cluster (Ray glue shared by every job)."""
+"""Connecting to Ray: join a cluster or start a local one, and describe it (Ray glue shared by
+every job). Placement decisions from that description are cvray.on_ray.placement's."""
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from cvray.errors import ClusterError, first_line
+from cvray.net import free_port
+from cvray.on_ray.placement import ClusterInfo
 
 CVRAY_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
-
-
-@dataclass(frozen=True)
-class ClusterInfo:
-    cpus: float
-    gpus: float
-    nodes: int
-    address: str
-
 
 def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
     """Join a Ray cluster, or start a local one, and describe it.
@@ -76,13 +69,6 @@ def start_local(**init_kwargs) -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def free_port() -> int:
-    """A TCP port free on every interface of this machine just now (no Ray needed)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _runtime_env_for_local() -> dict:

@@ -1,7 +1,7 @@
-"""Neural style transfer (d2l section 14.12): the lab's losses and a batched optimiser.
+"""The batched style-transfer optimiser (d2l section 14.12). Plain PyTorch; no Ray.
 
-Plain PyTorch; no Ray. The optimised variable is the ImageNet-normalised image, as in the lab
-(Adam, StepLR, TV on the normalised image, clamp to [0, 1] only at the end).
+The optimised variable is the ImageNet-normalised image, as in the lab (Adam, StepLR, TV on the
+normalised image, clamp to [0, 1] only at the end).
 
 Batching: B content images of one shape are optimised together. Every loss is computed per
 image (a mean over that image's own elements) and the objective is the sum over images, so
@@ -20,72 +20,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cvray.config import StyleConfig
-from cvray.images import load_image, shrink_to_long_side, to_tensor
 from cvray.errors import ConfigError
+from cvray.images import load_image, shrink_to_long_side, to_tensor
+from cvray.style.config import StyleConfig
+from cvray.style.losses import (
+    LOSS_NAMES,
+    content_loss,
+    denormalize,
+    gram,
+    keep_original_colors,
+    normalize,
+    style_loss,
+    tv_loss,
+)
+from cvray.style.presets import validate_style_config
 from cvray.style.vgg import VGGTaps, build_vgg_features, default_content_layers
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-LOSS_NAMES = ("content", "style", "tv", "total")
-# RGB -> YIQ (NTSC); Y is the luminance kept from the result by --original-colors.
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-
-
-# ---------------------------------------------------------------- the lab's losses, per image
-
-
-def gram(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, C) Gram matrices normalised by C*H*W (the lab's), in fp32."""
-    b, c, h, w = features.shape
-    flat = features.float().reshape(b, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
-
-
-def content_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per image: (B, C, H, W) x2 -> (B,)."""
-    return (y_hat.float() - y).square().mean(dim=(1, 2, 3))
-
-
-def style_loss(y_hat: torch.Tensor, gram_target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of Gram matrices per image: (B, C, H, W), (C, C) -> (B,)."""
-    return (gram(y_hat) - gram_target).square().mean(dim=(1, 2))
-
-
-def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """The lab's total variation, per image: 0.5 * (mean |dy| + mean |dx|); (B, C, H, W) -> (B,)."""
-    dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean(dim=(1, 2, 3))
-    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean(dim=(1, 2, 3))
-    return 0.5 * (dy + dx)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] RGB (B, 3, H, W) -> ImageNet-normalised."""
-    mean, std = _stats(images)
-    return (images - mean) / std
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    mean, std = _stats(x)
-    return x * std + mean
-
-
-def keep_original_colors(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """Luminance-only transfer: the result's Y with the content's I and Q (YIQ); (B,3,H,W) [0,1]."""
-    to_yiq = _RGB_TO_YIQ.to(result.device)
-    yiq_result = torch.einsum("ij,bjhw->bihw", to_yiq, result)
-    yiq_content = torch.einsum("ij,bjhw->bihw", to_yiq, content)
-    mixed = torch.cat([yiq_result[:, :1], yiq_content[:, 1:]], dim=1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), mixed).clamp(0, 1)
-
-
-def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, device=like.device, dtype=like.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=like.device, dtype=like.dtype).view(1, 3, 1, 1)
-    return mean, std
-
-
-# ---------------------------------------------------------------- the batched optimiser
 
 
 @dataclass
@@ -147,14 +96,9 @@ class Stylizer:
 
     # ---- sizes and inputs
 
-    def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """(H, W) a width x height content is processed at: config.shape if set, else its long
-        side brought down to config.size (aspect kept, never upscaled)."""
-        return self.config.output_size(width, height)
-
     def prepare_content(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> (3, H, W) float [0, 1] at output_size (Lanczos)."""
-        h, w = self.output_size(*image.size)
+        """PIL image -> (3, H, W) float [0, 1] at config.output_size (Lanczos)."""
+        h, w = self.config.output_size(*image.size)
         if (w, h) != image.size:
             image = image.convert("RGB").resize((w, h), Image.LANCZOS, reducing_gap=3.0)
         return to_tensor(image)
@@ -170,7 +114,7 @@ class Stylizer:
         if key not in self._grams:
             long_side = max(1, round(self.config.style_scale * max(height, width)))
             blended = {}
-            for weight, image in zip(self.blend, self.style_images):
+            for weight, image in zip(self.blend, self.style_images, strict=True):
                 x = to_tensor(shrink_to_long_side(image, long_side)).unsqueeze(0).to(self.device)
                 self._check_size(*x.shape[2:], "style image")
                 feats = self._features(normalize(x))
@@ -212,7 +156,7 @@ class Stylizer:
         in [0, 1] against their contents, exactly as stylize() computes them (differentiable)."""
         targets = self._targets(contents.to(self.device, torch.float32), style_weights)
         terms = self._loss_terms(normalize(images.to(self.device)), targets)
-        return dict(zip(LOSS_NAMES, terms))
+        return dict(zip(LOSS_NAMES, terms, strict=True))
 
     def _optimise(self, contents, callback, callback_every, seed, style_weights) -> StyleResult:
         cfg = self.config
@@ -274,7 +218,7 @@ class Stylizer:
         )
         style = sum(
             w * style_loss(feats[n], targets.grams[n]) / targets.scales["gram:" + n]
-            for n, w in zip(self.style_layers, self.layer_weights)
+            for n, w in zip(self.style_layers, self.layer_weights, strict=True)
         )
         c = cfg.content_weight * content
         s = targets.style_weights * style
@@ -321,62 +265,6 @@ class Stylizer:
             torch.cuda.synchronize(self.device)
 
 
-def validate_style_config(config: StyleConfig, n_styles: int | None = None) -> None:
-    """ConfigError for settings that cannot run (layer names are checked by VGGTaps)."""
-    if n_styles is not None and n_styles < 1:
-        raise ConfigError("at least one style image is needed")
-    if config.style_blend is not None:
-        if n_styles is not None and len(config.style_blend) != n_styles:
-            raise ConfigError(
-                f"--style-blend has {len(config.style_blend)} weights for {n_styles} style images"
-            )
-        if any(w < 0 for w in config.style_blend) or not sum(config.style_blend) > 0:
-            raise ConfigError("--style-blend weights must be >= 0 with a positive sum")
-    if not config.style_layers:
-        raise ConfigError("at least one style layer is needed")
-    if config.content_layers is not None and not config.content_layers:
-        raise ConfigError("at least one content layer is needed (use --content-weight 0 instead)")
-    weights = config.style_layer_weights
-    if weights is not None and len(weights) != len(config.style_layers):
-        raise ConfigError(
-            f"{len(weights)} style layer weights for {len(config.style_layers)} style layers"
-        )
-    if config.init not in ("content", "noise"):
-        raise ConfigError(f"unknown init {config.init!r}; choose content or noise")
-    if config.precision not in ("bf16", "fp32"):
-        raise ConfigError(f"unknown precision {config.precision!r}; choose bf16 or fp32")
-    if config.iterations < 0 or config.lr <= 0 or config.style_scale <= 0:
-        raise ConfigError("iterations must be >= 0, lr and style_scale > 0")
-    if config.shape is not None and (len(config.shape) != 2 or min(config.shape) < 1):
-        raise ConfigError(f"shape must be (height, width) >= 1, got {config.shape}")
-
-
 def load_style_images(paths: Sequence[str], max_side: int = 4096) -> list[Image.Image]:
     """Decode style images (local paths or URIs); DataError names a missing or corrupt one."""
     return [load_image(path, max_side=max_side) for path in paths]
-
-
-# ---------------------------------------------------------------- presets
-
-STYLE_PRESETS: dict[str, dict] = {
-    # The lab's numbers: StyleConfig's defaults.
-    "lab": {},
-    # Measured on the shared VGG-16 weights (docs/style.md): normalised losses make the weights
-    # relative, so the style weight sets the strength whatever the network's activation scale;
-    # a smaller lr keeps the content's shapes; TV 0.1 avoids flat blocks at low style weights.
-    "balanced": {
-        "normalized_losses": True,
-        "style_layers": ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
-        "content_layers": ("relu4_2",),
-        "lr": 0.05,
-        "style_weight": 1.0,
-        "tv_weight": 0.1,
-    },
-}
-
-
-def preset_config(name: str = "lab", **overrides) -> StyleConfig:
-    """StyleConfig from a named preset, then `overrides` (any StyleConfig field) on top."""
-    if name not in STYLE_PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(STYLE_PRESETS)}")
-    return StyleConfig(**{**STYLE_PRESETS[name], **overrides, "preset": name})

@@ -187,7 +187,7 @@ class VGGTaps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted, taps = set(self.names), {}
-        for name, layer in zip(self.layer_names, self.layers):
+        for name, layer in zip(self.layer_names, self.layers, strict=True):
             x = F.relu(x) if isinstance(layer, nn.ReLU) else layer(x)
             if name in wanted:
                 taps[name] = x

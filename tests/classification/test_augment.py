@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aug_gallery
 import numpy as np
 import pytest
 import torch
@@ -9,11 +10,10 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-import aug_gallery
 from _common import run
 from cvray.classification import augment
 from cvray.classification.augment import BatchAugment, lab_transform
-from cvray.config import AUG_PRESETS
+from cvray.classification.config import AUG_PRESETS
 from cvray.errors import ConfigError, DataError
 from cvray.grids import save_image_grid
 
@@ -54,8 +54,8 @@ def test_flips_flip_each_sample_or_leave_it(name, dim):
     images = _images(batch=200, height=8, width=8)
     out = BatchAugment((name,))(images, generator=_gen(1))
     reference = images.float() / 255
-    flipped = torch.tensor([torch.equal(o, r.flip(dim)) for o, r in zip(out, reference)])
-    kept = torch.tensor([torch.equal(o, r) for o, r in zip(out, reference)])
+    flipped = torch.tensor([torch.equal(o, r.flip(dim)) for o, r in zip(out, reference, strict=True)])
+    kept = torch.tensor([torch.equal(o, r) for o, r in zip(out, reference, strict=True)])
     assert (flipped | kept).all()  # every sample is one of the two outcomes, exactly
     assert flipped.any() and kept.any()
 

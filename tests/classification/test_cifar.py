@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from cvray.classification import cifar
-from cvray.classification.cifar import CIFAR10_CLASSES, CifarArrays, detect_format, download_cifar10, load_cifar10
+from cvray.classification.cifar import CIFAR10_CLASSES, detect_format, download_cifar10, load_cifar10
+from cvray.classification.engine import ImageClassData
 from cvray.errors import DataError
 
 N_TRAIN, N_TEST = 40, 20
@@ -78,7 +79,7 @@ def write_folders(folder: Path, splits, fmt: str = "PNG") -> Path:
     for split, (x, y) in splits.items():
         for cls in CIFAR10_CLASSES:
             (folder / split / cls).mkdir(parents=True, exist_ok=True)
-        for i, (im, label) in enumerate(zip(x, y)):
+        for i, (im, label) in enumerate(zip(x, y, strict=True)):
             (folder / split / CIFAR10_CLASSES[label] / f"{i:04d}.{fmt.lower()}").write_bytes(encode(im, fmt))
     return folder
 
@@ -98,7 +99,7 @@ def one_line_error(fn, *match: str) -> str:
     return message
 
 
-def check_arrays(data: CifarArrays, n_train: int, n_test: int, source: str) -> None:
+def check_arrays(data: ImageClassData, n_train: int, n_test: int, source: str) -> None:
     assert data.source == source
     assert data.classes == list(CIFAR10_CLASSES)
     assert data.train_images.shape == (n_train, 3, 32, 32) and data.test_images.shape == (n_test, 3, 32, 32)
@@ -110,7 +111,7 @@ def check_arrays(data: CifarArrays, n_train: int, n_test: int, source: str) -> N
 
 
 def as_multiset(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[bytes, int]]:
-    return sorted((im.numpy().tobytes(), int(lb)) for im, lb in zip(images, labels))
+    return sorted((im.numpy().tobytes(), int(lb)) for im, lb in zip(images, labels, strict=True))
 
 
 # ----------------------------------------------------------------------------- the formats
@@ -171,7 +172,7 @@ def test_folders_convert_modes_and_label_by_class_name(tmp_path):
     palette.save(tmp_path / "test" / "truck" / "c.png")
     data = load_cifar10(str(tmp_path), download=False)
     check_arrays(data, 2, 1, "folders")
-    by_label = {int(lb): im for lb, im in zip(data.train_labels, data.train_images)}
+    by_label = {int(lb): im for lb, im in zip(data.train_labels, data.train_images, strict=True)}
     assert set(by_label) == {6, 8}
     assert torch.all(by_label[6] == 77)
     assert by_label[8][:, 0, 0].tolist() == [10, 20, 30]
@@ -197,7 +198,7 @@ def test_object_store_uris(tmp_path, splits, monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        endpoint = "http://127.0.0.1:%d" % server.get_host_and_port()[1]
+        endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
         for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
             monkeypatch.setenv(key, value)
@@ -330,7 +331,8 @@ def test_parquet_schema_errors(tmp_path, splits):
         folder = tmp_path / name
         write_parquet(folder, splits)
         parquet_with(folder / "train.parquet", **columns)
-        one_line_error(lambda: load_cifar10(str(folder), download=False), f"{folder}/train.parquet", *expected)
+        one_line_error(lambda folder=folder: load_cifar10(str(folder), download=False), f"{folder}/train.parquet",
+                       *expected)
     (tmp_path / "no_image" / "train.parquet").write_bytes(b"PAR1 not really")
     one_line_error(lambda: load_cifar10(str(tmp_path / "no_image"), download=False), "not a readable Parquet file")
     write_parquet(tmp_path / "no_test", splits)

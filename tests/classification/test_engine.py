@@ -1,4 +1,4 @@
-"""The plain-PyTorch training engine: model shape and init, sharding, one epoch, evaluation."""
+"""The plain-PyTorch training engine: sharding, one epoch, evaluation, parity with the lab's loop."""
 
 from __future__ import annotations
 
@@ -8,41 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from cvray.classification.worker import lab_adam
+from cvray.classification.augment import to_unit_float as to_float
 from cvray.classification.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch
 from cvray.classification.models import d2l_resnet18
-
-
-def to_float(images, generator):
-    return images.float().div(255.0)
-
-
-def test_d2l_resnet18_shapes_and_structure():
-    net = d2l_resnet18(num_classes=10)
-    out = net(torch.rand(2, 3, 32, 32))
-    assert out.shape == (2, 10)
-    stem = net[0]
-    assert (stem.kernel_size, stem.stride) == ((3, 3), (1, 1))  # CIFAR stem: no 7x7, no max-pool
-    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
-    # 4 stages x 2 residual blocks, first stage keeps 64 channels at full resolution
-    features = net[:4](torch.rand(1, 3, 32, 32))
-    assert features.shape == (1, 64, 32, 32)
-    assert net[:7](torch.rand(1, 3, 32, 32)).shape == (1, 512, 4, 4)
-    assert sum(p.numel() for p in net.parameters()) == pytest.approx(11.17e6, rel=0.01)
-
-
-def test_xavier_init_on_every_conv_and_linear():
-    torch.manual_seed(0)
-    net = d2l_resnet18()
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            w = module.weight
-            fan_in = w.shape[1] * w[0, 0].numel()
-            fan_out = w.shape[0] * w[0, 0].numel()
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            assert w.abs().max() <= bound + 1e-6
-            if w.numel() > 1000:  # uniform(-b, b) has std b / sqrt(3)
-                assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+from cvray.classification.recipes import lab_adam
 
 
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 4])
@@ -76,7 +45,9 @@ def colour_dataset(n: int = 96, seed: int = 0) -> DeviceDataset:
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    )
 
 
 def test_train_one_epoch_learns_and_counts():
@@ -86,12 +57,12 @@ def test_train_one_epoch_learns_and_counts():
     losses = []
     for epoch in range(1, 9):
         indices = shard_indices(len(data), 1, 0, seed=0, epoch=epoch)
-        out = train_one_epoch(net, optimizer, data, indices, 16, to_float, None)
+        out = train_one_epoch(net, optimizer, data.batches(indices, 16), len(indices), to_float, None)
         assert out["examples"] == len(data)
         assert 0 <= out["correct"] <= len(data)
         losses.append(out["loss_sum"] / out["examples"])
     assert losses[-1] < 0.5 * losses[0]
-    acc = evaluate(net, data, torch.arange(len(data)), batch_size=40)
+    acc = evaluate(net, data.batches(torch.arange(len(data)), 40), to_float)
     assert acc["examples"] == len(data)
     assert acc["correct"] / len(data) > 0.9
 
@@ -103,29 +74,24 @@ def test_progress_reports_running_sums_that_end_at_the_epoch_totals():
     optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
     calls = []
     indices = shard_indices(len(data), 1, 0, seed=0, epoch=1)
-    out = train_one_epoch(net, optimizer, data, indices, 16, to_float, None, progress=calls.append, progress_every_s=0)
+    out = train_one_epoch(net, optimizer, data.batches(indices, 16), len(indices), to_float, None,
+                          progress=calls.append, progress_every_s=0)
     assert len(calls) == math.ceil(len(data) / 16)  # every step, with the interval at 0
     assert [c["examples"] for c in calls] == [min(16 * (i + 1), len(data)) for i in range(len(calls))]
     assert all(c["total"] == len(data) for c in calls)
     assert [c["seconds"] for c in calls] == sorted(c["seconds"] for c in calls)
     assert calls[-1]["loss_sum"] == pytest.approx(out["loss_sum"]) and calls[-1]["correct"] == out["correct"]
     quiet = []
-    train_one_epoch(net, optimizer, data, indices, 16, to_float, None, progress=quiet.append, progress_every_s=3600)
+    train_one_epoch(net, optimizer, data.batches(indices, 16), len(indices), to_float, None,
+                    progress=quiet.append, progress_every_s=3600)
     assert quiet == []
 
-
-def test_progress_line_scales_one_worker_to_the_run():
-    from cvray.plots import progress_line
-
-    sums = {"loss_sum": 250.0, "correct": 30.0, "examples": 100.0, "total": 400.0, "seconds": 10.0}
-    line = progress_line(sums, epoch=2, epochs=10, world_size=2)
-    assert line == "epoch 2/10: 25% (200/800 images), loss 2.500, 20.0 examples/sec, 0.5 min left"
 
 def test_evaluate_matches_a_manual_count_and_restores_mode():
     data = colour_dataset(50, seed=3)
     net = small_net().train()
     subset = torch.arange(5, 45)
-    out = evaluate(net, data, subset, batch_size=7)
+    out = evaluate(net, data.batches(subset, 7), to_float)
     assert net.training  # evaluate puts the mode back
     with torch.no_grad():
         net.eval()
@@ -152,10 +118,10 @@ def lab_train_steps(net, optimizer, images_u8, labels, batches):
         X = torch.stack([to_tensor(Image.fromarray(images_u8[i].permute(1, 2, 0).numpy())) for i in batch])
         y = labels[batch]
         optimizer.zero_grad()
-        l = loss(net(X), y)
-        l.sum().backward()
+        per_sample = loss(net(X), y)
+        per_sample.sum().backward()
         optimizer.step()
-        losses.append(float(l.detach().mean()))
+        losses.append(float(per_sample.detach().mean()))
     return losses
 
 
@@ -180,7 +146,7 @@ def test_training_steps_match_the_labs_loop():
         optimizer = lab_adam(ours.parameters(), lr=1e-3, batch_size=16)
         our_losses = []
         for batch in batches:  # one call per batch, to see every step's loss
-            out = train_one_epoch(ours, optimizer, data, batch, 16, to_float, None, "fp32")
+            out = train_one_epoch(ours, optimizer, data.batches(batch, 16), 16, to_float, None, "fp32")
             our_losses.append(out["loss_sum"] / out["examples"])
         assert our_losses == pytest.approx(lab_losses, rel=1e-5)
         # Adam's default eps on our averaged loss drifts away from the lab within these 6 steps.
@@ -188,7 +154,7 @@ def test_training_steps_match_the_labs_loop():
         plain.load_state_dict(lab_net_start)
         plain_optimizer, plain_losses = torch.optim.Adam(plain.parameters(), lr=1e-3), []
         for batch in batches:
-            out = train_one_epoch(plain, plain_optimizer, data, batch, 16, to_float, None, "fp32")
+            out = train_one_epoch(plain, plain_optimizer, data.batches(batch, 16), 16, to_float, None, "fp32")
             plain_losses.append(out["loss_sum"] / out["examples"])
         assert plain_losses != pytest.approx(lab_losses, rel=1e-3)
         lab_params, our_params = dict(lab_net.named_parameters()), dict(ours.named_parameters())

@@ -6,16 +6,15 @@ from __future__ import annotations
 import io
 import os
 
-import _common
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import stylize_folder
 from PIL import Image
 
-from cvray.style.bulk_plan import plan_work
-from cvray.config import StyleConfig, StylizeFolderConfig
-from cvray import folders
+import _common
+from cvray import folders, manifest
+from cvray.manifest import plan_work
 
 FAST = ["--size", "48", "--iterations", "2", "--weights", "random", "--precision", "fp32"]
 
@@ -184,7 +183,7 @@ def test_bulk_job_reads_and_writes_an_object_store(ray_local, tmp_path, style_im
         assert (img.format, img.size) == ("JPEG", (48, 30))
         manifest = pq.read_table(io.BytesIO(
             client.get_object(Bucket="photos", Key="out/_cvray/manifest.parquet")["Body"].read()))
-        status = dict(zip(manifest.column("relpath").to_pylist(), manifest.column("status").to_pylist()))
+        status = dict(zip(manifest.column("relpath").to_pylist(), manifest.column("status").to_pylist(), strict=True))
         assert status == {"x.jpg": "done", "d/y.png": "done", "broken.png": "failed"}
         assert _run(argv) == 0  # resumes from the store's manifest: nothing is redone
         assert "done 0, skipped 2, failed 1," in capsys.readouterr().out
@@ -208,9 +207,9 @@ def test_output_inside_input_and_missing_input_exit_2(tmp_path, style_image, cap
 
 
 def _done(dst, rel, out_rel, run_id="old"):
-    folders.write_manifest_part(dst, {
+    manifest.write_manifest_part(dst, {
         "relpath": rel, "status": "done", "output": dst.uri_of(out_rel), "run_id": run_id,
-        "finished_at": folders.now_utc()})
+        "finished_at": manifest.now_utc()})
 
 
 def test_resume_plan_after_a_crash(tmp_path):
@@ -224,15 +223,14 @@ def test_resume_plan_after_a_crash(tmp_path):
     (out / "modes").mkdir()
     (out / "modes/pal.png").write_bytes(b"finished")
     _done(dst, "sub/b.png", "sub/b.png")  # recorded, but the crash came before the image landed
-    folders.write_manifest_part(dst, {"relpath": "rot.jpg", "status": "failed", "error": "x",
-                                      "run_id": "old", "finished_at": folders.now_utc()})
-    config = StylizeFolderConfig(style=StyleConfig(size=48), input=str(inp), output=str(out))
-    plan = plan_work(config, src, dst, "new")
+    manifest.write_manifest_part(dst, {"relpath": "rot.jpg", "status": "failed", "error": "x",
+                                       "run_id": "old", "finished_at": manifest.now_utc()})
+    plan = plan_work(src, dst, "new")
     todo = {item["relpath"] for item in plan.todo}
     assert plan.skipped == 2 and "a.jpg" not in todo and "modes/pal.gif" not in todo
     assert {"sub/b.png", "rot.jpg", "bad/zero.png"} <= todo
     assert [r["relpath"] for r in plan.failed] == ["notes.txt"]  # no image extension
-    assert len(plan_work(config.replace(overwrite=True), src, dst, "new").todo) == len(GOOD) + len(BAD) - 1
+    assert len(plan_work(src, dst, "new", overwrite=True).todo) == len(GOOD) + len(BAD) - 1
 
 
 def test_output_names_that_clash_fail_the_second(tmp_path):
@@ -240,7 +238,6 @@ def test_output_names_that_clash_fail_the_second(tmp_path):
     inp.mkdir()
     Image.new("RGB", (32, 32)).save(inp / "x.gif")
     Image.new("RGB", (32, 32)).save(inp / "x.png")
-    config = StylizeFolderConfig(style=StyleConfig(size=48), input=str(inp), output=str(out))
-    plan = plan_work(config, folders.open_folder(str(inp)), folders.open_folder(str(out)), "r")
+    plan = plan_work(folders.open_folder(str(inp)), folders.open_folder(str(out)), "r")
     assert [i["relpath"] for i in plan.todo] == ["x.png"]  # the file that keeps its own name wins
     assert plan.failed[0]["relpath"] == "x.gif" and "taken by x.png" in plan.failed[0]["error"]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import stylize
 import torch
 from PIL import Image
 
 import _common
 import _style_args
-import stylize
 from cvray.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

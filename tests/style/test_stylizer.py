@@ -10,20 +10,12 @@ import torchvision
 from PIL import Image
 
 from benchmarks import lab_style
-from cvray.config import StyleConfig
-from cvray.images import to_pil, to_tensor
 from cvray.errors import ConfigError
-from cvray.style.stylizer import (
-    Stylizer,
-    content_loss,
-    denormalize,
-    gram,
-    keep_original_colors,
-    normalize,
-    preset_config,
-    style_loss,
-    tv_loss,
-)
+from cvray.images import to_pil, to_tensor
+from cvray.style.config import StyleConfig
+from cvray.style.losses import content_loss, denormalize, keep_original_colors, normalize
+from cvray.style.presets import preset_config
+from cvray.style.stylizer import Stylizer
 from cvray.style.vgg import VGGTaps
 
 LAB_LAYERS = dict(content_layers=("relu4_4",))  # what a VGG-19-shaped net's defaults resolve to
@@ -53,36 +45,6 @@ def stripes(h: int = 48, w: int = 48) -> Image.Image:
     band = ((x + y) // 4 % 2).astype(np.float32)
     rgb = np.stack([band, 0.3 + 0.4 * band, 1 - band], axis=-1)
     return Image.fromarray((rgb * 255).astype(np.uint8))
-
-
-# ---------------------------------------------------------------- losses on tiny tensors
-
-
-def test_losses_against_hand_computed_values():
-    f = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 1, 2)  # C=2, H=1, W=2
-    expected_gram = torch.tensor([[5.0, 11.0], [11.0, 25.0]]) / 4  # F F^T / (C*H*W)
-    torch.testing.assert_close(gram(f)[0], expected_gram)
-    torch.testing.assert_close(gram(f)[0], lab_style.gram(f))
-    target = torch.zeros(2, 2)
-    assert style_loss(f, target).item() == pytest.approx((25 + 121 + 121 + 625) / 16 / 4)
-    y = torch.tensor([[0.0, 2.0], [3.0, 0.0]]).reshape(1, 2, 1, 2)
-    assert content_loss(f, y).item() == pytest.approx((1 + 0 + 0 + 16) / 4)
-    img = torch.tensor([[0.0, 1.0], [3.0, 5.0]]).reshape(1, 1, 2, 2)
-    # dy: |3-0|, |5-1| -> mean 3.5; dx: |1-0|, |5-3| -> mean 1.5; 0.5 * (3.5 + 1.5)
-    assert tv_loss(img).item() == pytest.approx(2.5)
-    assert tv_loss(img).item() == pytest.approx(lab_style.tv_loss(img).item())
-
-
-def test_losses_are_per_image():
-    a, b = torch.rand(1, 4, 5, 6), torch.rand(1, 4, 5, 6)
-    target = torch.rand(4, 4)
-    both = torch.cat([a, b])
-    torch.testing.assert_close(tv_loss(both), torch.cat([tv_loss(a), tv_loss(b)]))
-    torch.testing.assert_close(style_loss(both, target),
-                               torch.cat([style_loss(a, target), style_loss(b, target)]))
-    torch.testing.assert_close(content_loss(both, both.flip(0)),
-                               torch.cat([content_loss(a, b), content_loss(b, a)]))
-    assert style_loss(a, target).item() == pytest.approx(lab_style.style_loss(a, target).item())
 
 
 # ---------------------------------------------------------------- batching and lab parity
@@ -200,15 +162,13 @@ def test_style_loss_falls_content_stays_close_and_the_weight_sets_the_balance():
 
 
 def test_output_size_shape_long_side_and_never_upscaled():
-    features = tiny_vgg19()
-    sized = Stylizer(StyleConfig(size=64, **LAB_LAYERS), [stripes()], features=features)
+    sized, shaped = StyleConfig(size=64, **LAB_LAYERS), StyleConfig(shape=(30, 45), **LAB_LAYERS)
     assert sized.output_size(width=200, height=100) == (32, 64)
     assert sized.output_size(width=100, height=300) == (64, 21)
     assert sized.output_size(width=40, height=30) == (30, 40)  # smaller than size: kept
-    shaped = Stylizer(StyleConfig(shape=(30, 45), **LAB_LAYERS), [stripes()], features=features)
     assert shaped.output_size(width=1000, height=1000) == (30, 45)
-    img = to_pil(picture(1, 40, 80))
-    assert sized.prepare_content(img).shape == (3, 32, 64)
+    stylizer = Stylizer(sized, [stripes()], features=tiny_vgg19())
+    assert stylizer.prepare_content(to_pil(picture(1, 40, 80))).shape == (3, 32, 64)
 
 
 def test_style_blend_averages_the_grams():
@@ -281,39 +241,6 @@ def test_presets_and_config_errors():
         Stylizer(StyleConfig(), [], features=features)
     with pytest.raises(ConfigError, match="relu4_4"):  # unknown layer: the valid ones are listed
         Stylizer(StyleConfig(content_layers=("relu6_1",)), [stripes()], features=features)
-
-
-def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
-    """benchmarks/gpu_style.py --tiny: every config and the comparison picture, in seconds."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from cvray.style.vgg import build_vgg_features
-
-    repo = Path(__file__).resolve().parents[2]
-    torch.manual_seed(0)
-    weights = tmp_path / "vgg16.pth"
-    torch.save({k: v.half() for k, v in build_vgg_features("vgg16", "random").state_dict().items()},
-               weights)
-    to_pil(picture(1, 40, 60)).save(tmp_path / "content.png")
-    stripes().save(tmp_path / "style.png")
-    proc = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "gpu_style.py"), "--tiny", "--device", "cpu",
-         "--out", str(tmp_path / "out"), "--batch-sizes", "2", "--weights", str(weights),
-         "--content", str(tmp_path / "content.png"), "--style", str(tmp_path / "style.png")],
-        capture_output=True, text=True, timeout=600, cwd=repo)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout)
-    names = [run["name"] for run in report["runs"]]
-    assert names == ["cvray_bf16_b2", "lab", "cvray_bf16_b1", "cvray_fp32_b2", "lab_frozen"]
-    assert all(run["seconds_per_image"] > 0 for run in report["runs"])
-    assert report["best_cvray"]["name"].startswith("cvray_bf16")
-    picture_info = report["picture"]
-    assert Image.open(picture_info["path"]).height == 3 * (32 + 18) + 2 * 4  # 3 captioned rows
-    assert set(picture_info["settings"]) == {"lab", "balanced"}
-    assert json.loads((tmp_path / "out" / "gpu_style.json").read_text()) == report
 
 
 def test_too_small_images_are_a_clear_error():

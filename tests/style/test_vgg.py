@@ -47,7 +47,7 @@ def test_lab_taps_are_relu_outputs_because_relus_are_in_place(vgg19_random):
     taps = VGGTaps(vgg19_random, style_names + ["relu4_4", "conv1_1", "conv4_4"])
     with torch.no_grad():
         ours = taps(x)
-    for name, lab_tensor in zip(style_names, lab_styles):
+    for name, lab_tensor in zip(style_names, lab_styles, strict=True):
         torch.testing.assert_close(ours[name], lab_tensor, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours["relu4_4"], lab_contents[0], rtol=1e-5, atol=1e-6)
     # our conv taps are the real conv outputs (negative values survive), unlike the lab's

@@ -1,0 +1,97 @@
+"""Training job configs: one frozen dataclass per job, defaults = the d2l lab's numbers.
+
+`TrainConfig` holds what every training job shares (the run, where it runs, where it writes);
+each recipe's config subclasses it with its own hyperparameters and the lab's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from cvray.config import JsonConfig
+from cvray.errors import ConfigError
+
+AUG_PRESETS = ("none", "flip", "vflip", "crop", "brightness", "hue", "color", "all")
+"""The lab's augmentation presets by name (cvray.classification.augment implements them)."""
+
+
+def validate_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Return `names` as a tuple, or raise ConfigError naming the first unknown preset."""
+    if isinstance(names, str):
+        names = (names,)
+    for name in names:
+        if name not in AUG_PRESETS:
+            raise ConfigError(f"unknown augmentation {name!r}; choose from {', '.join(AUG_PRESETS)}")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class TrainConfig(JsonConfig):
+    """Fields every training job has. Subclasses set the lab's defaults for their recipe."""
+
+    # --- hyperparameters: a resumed run must keep these ---
+    batch_size: int = 256
+    """Global batch (all workers together); each worker takes batch_size / num_workers."""
+    lr: float = 1e-3
+    """Learning rate (of the body, where a recipe has parameter groups)."""
+    precision: str = "bf16"
+    """bf16: bf16 autocast + channels_last on CUDA (CPU always runs fp32); fp32: the lab's numerics."""
+    seed: int = 0
+    """Seeds model init and the per-epoch shuffles; the same seed gives the same shards."""
+
+    # --- may change between a run and its resumption ---
+    epochs: int = 10
+    """Total epochs; rerunning with a larger value trains on from the last checkpoint."""
+    num_workers: int | None = None
+    """Ray Train workers; None: one per GPU on a GPU cluster, else 1."""
+    use_gpu: bool | None = None
+    """None: use GPUs when the cluster has them."""
+    cpus_per_worker: float | None = None
+    """CPUs per worker (sets torch's thread count); None: a fair share of the cluster."""
+    data_dir: str = ""
+    """Where the data is (local path or URI)."""
+    storage_path: str = "~/cvray_results"
+    """Parent of run folders (shared storage or s3://... on multi-node clusters)."""
+    name: str | None = None
+    """Run folder name; None: derived from the hyperparameters."""
+    max_failures: int = 0
+    """Worker-group restarts from the latest checkpoint before the run fails."""
+    eval_batch_size: int = 1024
+    """Batch for test-set evaluation (per worker); only memory, not results, depend on it."""
+    progress_every_s: float = 60.0
+    """Seconds between progress lines inside an epoch (long CPU epochs); the epoch line always shows."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "epochs", "num_workers", "use_gpu", "cpus_per_worker", "data_dir", "storage_path",
+        "name", "max_failures", "eval_batch_size", "progress_every_s",
+    )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The fields a resumed run must share with the run it resumes."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RESUMABLE}
+
+    def default_name(self) -> str:
+        return f"run-bs{self.batch_size}-lr{self.lr:g}-{self.precision}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class CifarTrainConfig(TrainConfig):
+    """CIFAR-10 image-augmentation training (d2l section 14.1) on Ray Train."""
+
+    aug: tuple[str, ...] = ("flip",)
+    """Training augmentations, applied in this order per batch on the device (AUG_PRESETS)."""
+    train_samples: int | None = None
+    """Use only the first N training images (None: all 50,000). --smoke-test sets it."""
+    test_samples: int | None = None
+    """Use only the first N test images (None: all 10,000)."""
+    data_dir: str = "~/.cache/cvray/cifar10"
+    """CIFAR-10 location: python batches, Parquet or image folders; downloaded when empty."""
+
+    def default_name(self) -> str:
+        aug = "+".join(self.aug)
+        name = f"cifar10-resnet18-{aug}-bs{self.batch_size}-lr{self.lr:g}-{self.precision}-s{self.seed}"
+        if self.train_samples is not None:
+            name += f"-n{self.train_samples}"
+        return name

@@ -1,0 +1,103 @@
+"""Where Ray work goes: how many training workers or actors, GPU or CPU, and how many CPUs each.
+
+One policy for every job, decided from a description of the cluster (ClusterInfo) before
+anything is scheduled, with one wording for each mistake. Pure Python (no Ray import), so it is
+unit-tested with made-up clusters.
+
+The rules:
+- GPUs are used when the cluster has them, unless the job says --no-gpu; --gpu on a cluster
+  without GPUs is an error. A GPU worker or actor takes one whole GPU.
+- The default count is one per GPU; on CPUs, one training worker (DDP on CPUs rarely pays) or
+  one actor per two CPUs.
+- CPUs per worker (also its torch thread count): the fair share of the cluster, whole CPUs, up
+  to 4 beside a GPU. Actors (and training that streams its data through Ray Data) never reserve
+  the CPUs that read tasks need: max(0.5, 10%) of the cluster stays free, else Ray Data waits
+  forever for a CPU the actors hold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cvray.errors import ClusterError
+
+GPU_WORKER_MAX_CPUS = 4
+"""CPUs a GPU training worker takes by default, at most (its data loading and Python)."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What placement needs to know about a Ray cluster (from cvray.on_ray.connect.connect)."""
+
+    cpus: float
+    gpus: float
+    nodes: int = 1
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    count: int
+    """Training workers or actors."""
+    use_gpu: bool
+    cpus_each: float
+    """CPUs each reserves from Ray."""
+    threads_each: int
+    """torch threads each runs (Ray sets OMP_NUM_THREADS to the reservation, which may be fractional)."""
+
+
+def resolve_gpu(use_gpu: bool | None, cluster: ClusterInfo) -> bool:
+    """--gpu / --no-gpu / default (GPUs when the cluster has them)."""
+    if use_gpu is None:
+        return cluster.gpus >= 1
+    if use_gpu and cluster.gpus < 1:
+        raise ClusterError("--gpu asked but the Ray cluster has no GPUs (use --no-gpu)")
+    return use_gpu
+
+
+def tasks_reserve(cluster_cpus: float) -> float:
+    """CPUs left free for Ray Data's read and decode tasks."""
+    return max(0.5, 0.1 * cluster_cpus)
+
+
+def plan_workers(
+    cluster: ClusterInfo, num_workers: int | None = None, use_gpu: bool | None = None,
+    cpus_per_worker: float | None = None, *, leave_cpus_for_tasks: bool = False,
+) -> Placement:
+    """Ray Train workers (flags --num-workers, --gpu/--no-gpu, --cpus-per-worker)."""
+    use_gpu = resolve_gpu(use_gpu, cluster)
+    count = _count(num_workers, use_gpu, cluster, "--num-workers", cpu_default=1)
+    available = cluster.cpus - (tasks_reserve(cluster.cpus) if leave_cpus_for_tasks else 0.0)
+    share = math.floor(available / count)
+    default = max(1, min(GPU_WORKER_MAX_CPUS, share)) if use_gpu else max(1, share)
+    cpus = cpus_per_worker or default
+    if cpus * count > available:
+        left = f" while leaving {cluster.cpus - available:g} for data tasks" if leave_cpus_for_tasks else ""
+        raise ClusterError(
+            f"{count} workers x {cpus:g} CPUs need {count * cpus:g} CPUs{left}; the cluster has {cluster.cpus:g} "
+            "(use fewer --num-workers or --cpus-per-worker)"
+        )
+    return Placement(count, use_gpu, float(cpus), max(1, int(cpus)))
+
+
+def plan_actors(
+    cluster: ClusterInfo, num_actors: int | None = None, use_gpu: bool | None = None,
+    cpus_per_actor: float | None = None,
+) -> Placement:
+    """Ray Data actors (flags --num-actors, --gpu/--no-gpu, --cpus-per-actor). The reservation is
+    capped so read tasks always fit beside the actors; the thread count is what was asked for."""
+    use_gpu = resolve_gpu(use_gpu, cluster)
+    count = _count(num_actors, use_gpu, cluster, "--num-actors", cpu_default=max(1, int(cluster.cpus) // 2))
+    free = max(0.1, (cluster.cpus - tasks_reserve(cluster.cpus)) / count)
+    if use_gpu:
+        return Placement(count, True, min(1.0, free), 1)
+    want = cpus_per_actor if cpus_per_actor is not None else cluster.cpus / count
+    return Placement(count, False, min(want, free), max(1, int(want)))
+
+
+def _count(requested: int | None, use_gpu: bool, cluster: ClusterInfo, flag: str, cpu_default: int) -> int:
+    count = requested or (int(cluster.gpus) if use_gpu else cpu_default)
+    if use_gpu and count > cluster.gpus:
+        raise ClusterError(f"{flag} {count} needs {count} GPUs; the cluster has {cluster.gpus:g}")
+    return count

@@ -1,0 +1,72 @@
+"""One placement policy for training workers and Ray Data actors, on made-up clusters (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cvray.errors import ClusterError
+from cvray.on_ray.placement import ClusterInfo, Placement, plan_actors, plan_workers, resolve_gpu, tasks_reserve
+
+CPU_LAPTOP = ClusterInfo(cpus=2, gpus=0)
+CPU_BOX = ClusterInfo(cpus=16, gpus=0)
+GPU_NODE = ClusterInfo(cpus=32, gpus=4)
+
+
+def test_gpus_are_used_when_present_unless_refused():
+    assert resolve_gpu(None, GPU_NODE) and not resolve_gpu(None, CPU_BOX)
+    assert not resolve_gpu(False, GPU_NODE)
+    assert resolve_gpu(True, GPU_NODE)
+
+
+@pytest.mark.parametrize("plan", [plan_workers, plan_actors])
+def test_gpu_without_gpus_is_one_wording_for_every_job(plan):
+    with pytest.raises(ClusterError) as caught:
+        plan(CPU_BOX, None, True)
+    assert str(caught.value) == "--gpu asked but the Ray cluster has no GPUs (use --no-gpu)"
+
+
+@pytest.mark.parametrize("plan, flag", [(plan_workers, "--num-workers"), (plan_actors, "--num-actors")])
+def test_more_gpu_workers_than_gpus_names_the_flag(plan, flag):
+    with pytest.raises(ClusterError, match=f"^{flag} 5 needs 5 GPUs; the cluster has 4$"):
+        plan(GPU_NODE, 5, None)
+
+
+def test_training_workers_default_to_one_per_gpu_with_up_to_4_cpus():
+    assert plan_workers(GPU_NODE) == Placement(count=4, use_gpu=True, cpus_each=4.0, threads_each=4)
+    assert plan_workers(ClusterInfo(cpus=6, gpus=4)).cpus_each == 1.0  # floor(6 / 4)
+    assert plan_workers(GPU_NODE, 2, None, 3).cpus_each == 3.0
+
+
+def test_training_on_cpus_takes_one_worker_with_every_cpu():
+    assert plan_workers(CPU_LAPTOP) == Placement(count=1, use_gpu=False, cpus_each=2.0, threads_each=2)
+    assert plan_workers(CPU_BOX, 3) == Placement(count=3, use_gpu=False, cpus_each=5.0, threads_each=5)
+    assert plan_workers(GPU_NODE, 2, False).cpus_each == 16.0  # --no-gpu on a GPU cluster
+
+
+def test_training_workers_that_do_not_fit_are_refused():
+    with pytest.raises(ClusterError, match="3 workers x 1 CPUs need 3 CPUs; the cluster has 2"):
+        plan_workers(CPU_LAPTOP, 3)
+    with pytest.raises(ClusterError, match="need 6 CPUs"):
+        plan_workers(CPU_LAPTOP, 2, None, 3)
+
+
+def test_training_that_streams_data_leaves_cpus_for_the_tasks():
+    # 2 CPUs: one worker may take 1 whole CPU and leaves the rest (>= 0.5) to Ray Data's tasks.
+    placement = plan_workers(CPU_LAPTOP, 1, None, None, leave_cpus_for_tasks=True)
+    assert placement.cpus_each == 1.0 and CPU_LAPTOP.cpus - placement.cpus_each >= tasks_reserve(2)
+    with pytest.raises(ClusterError, match="while leaving 0.5 for data tasks"):
+        plan_workers(CPU_LAPTOP, 2, None, None, leave_cpus_for_tasks=True)
+
+
+def test_actors_default_to_one_per_two_cpus_and_never_take_the_read_tasks_cpus():
+    placement = plan_actors(CPU_BOX)
+    assert placement.count == 8 and placement.threads_each == 2
+    assert placement.count * placement.cpus_each <= CPU_BOX.cpus - tasks_reserve(CPU_BOX.cpus) + 1e-9
+    laptop = plan_actors(CPU_LAPTOP, 2)  # the deadlock case: 2 actors x 1 CPU would hold every CPU
+    assert laptop.count == 2 and laptop.threads_each == 1 and 2 * laptop.cpus_each <= 1.5
+    assert plan_actors(CPU_LAPTOP, 1, None, 4).threads_each == 4  # threads as asked, reservation capped
+
+
+def test_gpu_actors_take_one_gpu_and_at_most_one_cpu():
+    assert plan_actors(GPU_NODE) == Placement(count=4, use_gpu=True, cpus_each=1.0, threads_each=1)
+    assert plan_actors(ClusterInfo(cpus=2, gpus=4), 4).cpus_each == pytest.approx(0.375)  # (2 - 0.5) / 4
