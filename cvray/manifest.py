@@ -1,10 +1,16 @@
-"""The per-file manifest of a folder job (bulk stylisation): one row per input file, what was
-decided for it, and the resume plan built from it. Plain pyarrow; no Ray.
+"""The per-file manifest of a folder job (bulk stylisation, batch prediction): one row per input
+file, what was decided for it, and the resume plan built from it. Plain pyarrow; no Ray.
 
 Each finished or failed file writes its own small Parquet part (keyed by its relative path, so a
 retry replaces it) the moment it is decided: a crash loses nothing. The end of every run merges
 the parts into OUTPUT/_cvray/manifest.parquet (and a CSV copy) and deletes them; the next run
 reads the manifest and any parts a crash left, and skips what is done.
+
+Every job shares the machinery and the BASE_COLUMNS (which file, done or failed and why, which
+run decided it); a job describes its own row with a ManifestKind: its full column list (the base
+columns plus its own), the TypedDict of a row, and whether each input has an output file of its
+own. The bulk stylisation job's kind, STYLIZE_MANIFEST (ManifestRecord, MANIFEST_SCHEMA), is the
+default of every function here; cvray.classification.predict defines PREDICT_MANIFEST.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import collections
 import datetime
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 import pyarrow as pa
@@ -21,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cvray import folders
-from cvray.errors import DataError, first_line
+from cvray.errors import CvrayError, DataError, first_line
 from cvray.folders import METADATA_DIR, Folder, metadata_path
 
 
@@ -60,7 +66,50 @@ MANIFEST_SCHEMA = pa.schema([
     ("seconds", pa.float64()), ("batch_images", pa.int32()),
     ("run_id", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
-CSV_COLUMNS = [name for name in MANIFEST_SCHEMA.names if name != "loss_curve"]
+
+BASE_COLUMNS = pa.schema([
+    ("relpath", pa.string()), ("input", pa.string()), ("status", pa.string()), ("error", pa.string()),
+    ("input_bytes", pa.int64()), ("run_id", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
+])
+"""Columns every job's manifest has (with these types): what the shared planning, resuming and
+merging read and write."""
+KIND_KEY = b"cvray.manifest"
+"""Parquet schema-metadata key naming the job whose manifest a file is."""
+
+
+@dataclass(frozen=True)
+class ManifestKind:
+    """One job's manifest: its name, its columns (BASE_COLUMNS plus the job's own, in file order),
+    the TypedDict of a row (its keys are the columns, in order; a test checks each kind) and
+    whether every input has an output file of its own (then an `output` string column holds it,
+    and a finished file is skipped only while that output exists)."""
+
+    name: str
+    schema: pa.Schema
+    record: type
+    per_file_outputs: bool = False
+    csv_columns: list[str] = field(init=False, compare=False)
+    """Columns of the CSV copy: every column but list-valued ones (CSV has no lists)."""
+
+    def __post_init__(self):
+        for base in BASE_COLUMNS:
+            if base.name not in self.schema.names or self.schema.field(base.name).type != base.type:
+                raise ValueError(f"manifest {self.name!r}: needs the column {base.name} ({base.type})")
+        if self.per_file_outputs and (
+                "output" not in self.schema.names or self.schema.field("output").type != pa.string()):
+            raise ValueError(f"manifest {self.name!r}: per-file outputs need an output string column")
+        nested = [f.name for f in self.schema if pa.types.is_nested(f.type)]
+        object.__setattr__(self, "csv_columns", [n for n in self.schema.names if n not in nested])
+
+    @property
+    def file_schema(self) -> pa.Schema:
+        """The schema written to Parquet: the columns plus the job's name in the metadata."""
+        return self.schema.with_metadata({KIND_KEY: self.name.encode("utf-8")})
+
+
+STYLIZE_MANIFEST = ManifestKind("stylize", MANIFEST_SCHEMA, ManifestRecord, per_file_outputs=True)
+"""The bulk stylisation job's manifest (docs/bulk.md), the default kind."""
+CSV_COLUMNS = STYLIZE_MANIFEST.csv_columns
 
 
 def now_utc() -> datetime.datetime:
@@ -73,6 +122,15 @@ def manifest_record(base: ManifestRecord, run_id: str, **fields) -> ManifestReco
     return ManifestRecord(**{**base, **fields, "output": output, "run_id": run_id, "finished_at": now_utc()})
 
 
+def failure_reason(exc: BaseException, name: str | None = None) -> str:
+    """One line for a failed row: without the file's name (the row names it), with the type of an
+    unexpected error (a CvrayError's text says enough)."""
+    text = first_line(exc)
+    if name and text.startswith(f"{name}: "):
+        text = text[len(name) + 2:]  # the manifest row already names the file
+    return text if isinstance(exc, CvrayError) else f"{type(exc).__name__}: {text}"
+
+
 # ------------------------------------------------------------------ parts and the merged file
 
 
@@ -81,9 +139,9 @@ def part_path(folder: Folder, relpath: str) -> str:
     return metadata_path(folder, "parts", f"{digest}.parquet")
 
 
-def records_to_table(records: list[ManifestRecord]) -> pa.Table:
-    columns = {name: [r.get(name) for r in records] for name in MANIFEST_SCHEMA.names}
-    return pa.table(columns, schema=MANIFEST_SCHEMA)
+def records_to_table(records: list[ManifestRecord], kind: ManifestKind = STYLIZE_MANIFEST) -> pa.Table:
+    columns = {name: [r.get(name) for r in records] for name in kind.schema.names}
+    return pa.table(columns, schema=kind.file_schema)
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -92,16 +150,21 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_manifest_part(folder: Folder, record: ManifestRecord) -> None:
-    folders.write_file(folder, part_path(folder, record["relpath"]), table_bytes(records_to_table([record])))
+def write_manifest_part(folder: Folder, record: ManifestRecord, kind: ManifestKind = STYLIZE_MANIFEST) -> None:
+    data = table_bytes(records_to_table([record], kind))
+    folders.write_file(folder, part_path(folder, record["relpath"]), data)
 
 
-def read_manifest_state(folder: Folder) -> tuple[dict[str, ManifestRecord], list[str]]:
-    """({relpath: latest record}, paths of the parts read) from the manifest and leftover parts."""
+def read_manifest_state(
+    folder: Folder, kind: ManifestKind = STYLIZE_MANIFEST
+) -> tuple[dict[str, ManifestRecord], list[str]]:
+    """({relpath: latest record}, paths of the parts read) from the manifest and leftover parts.
+
+    DataError when a file cannot be read, or was written by another job (another kind)."""
     records: dict[str, ManifestRecord] = {}
     manifest = metadata_path(folder, MANIFEST_NAME)
     if folder.fs.get_file_info(manifest).type == pafs.FileType.File:
-        for row in _read_table(folder, [manifest]).to_pylist():
+        for row in _read_table(folder, [manifest], kind).to_pylist():
             records[row["relpath"]] = row
     parts_dir = metadata_path(folder, "parts")
     parts = []
@@ -109,28 +172,49 @@ def read_manifest_state(folder: Folder) -> tuple[dict[str, ManifestRecord], list
         infos = folder.fs.get_file_info(pafs.FileSelector(parts_dir))
         parts = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
     if parts:
-        for row in _read_table(folder, parts).sort_by("finished_at").to_pylist():
+        for row in _read_table(folder, parts, kind).sort_by("finished_at").to_pylist():
             records[row["relpath"]] = row  # parts are newer than the manifest they were not merged into
     return records, parts
 
 
-def _read_table(folder: Folder, paths: list[str]) -> pa.Table:
+def _read_table(folder: Folder, paths: list[str], kind: ManifestKind) -> pa.Table:
     try:
-        tables = [pq.read_table(p, filesystem=folder.fs, schema=MANIFEST_SCHEMA) for p in paths]
-    except (OSError, pa.ArrowInvalid) as exc:
+        tables = [_read_file(folder, p, kind) for p in paths]
+    except (OSError, pa.ArrowException) as exc:
         raise DataError(
             f"cannot read the manifest under {folder.uri}/{METADATA_DIR} ({first_line(exc)}); "
             "delete that folder or use --overwrite"
         ) from None
-    return pa.concat_tables(tables) if tables else records_to_table([])
+    return pa.concat_tables(tables) if tables else records_to_table([], kind)
 
 
-def write_manifest(folder: Folder, records: list[ManifestRecord], merged_parts: list[str]) -> str:
-    """Write MANIFEST_NAME (and a CSV copy without the curves), then delete the merged parts."""
-    table = records_to_table(sorted(records, key=lambda r: r["relpath"]))
+def _read_file(folder: Folder, path: str, kind: ManifestKind) -> pa.Table:
+    """One manifest file as `kind`'s columns: a column the file lacks (written by an older cvray)
+    is null, one it has beyond them is dropped. A file of another job is a DataError."""
+    with folder.fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        written_by = (parquet.schema_arrow.metadata or {}).get(KIND_KEY)
+        if written_by is not None and written_by.decode("utf-8", "replace") != kind.name:
+            raise DataError(
+                f"{folder.uri} holds the output of another cvray job ({written_by.decode('utf-8', 'replace')}, "
+                f"not {kind.name}): choose another output folder"
+            )
+        table = parquet.read()
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in kind.schema
+    ]
+    return pa.Table.from_arrays(columns, schema=kind.file_schema)
+
+
+def write_manifest(
+    folder: Folder, records: list[ManifestRecord], merged_parts: list[str], kind: ManifestKind = STYLIZE_MANIFEST
+) -> str:
+    """Write MANIFEST_NAME (and a CSV copy without list columns), then delete the merged parts."""
+    table = records_to_table(sorted(records, key=lambda r: r["relpath"]), kind)
     folders.write_file(folder, metadata_path(folder, MANIFEST_NAME), table_bytes(table))
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(table.select(CSV_COLUMNS), sink)
+    pacsv.write_csv(table.select(kind.csv_columns), sink)
     folders.write_file(folder, metadata_path(folder, "manifest.csv"), sink.getvalue().to_pybytes())
     for path in merged_parts:
         try:
@@ -149,10 +233,10 @@ class WorkItem(TypedDict):
     relpath: str
     input: str
     input_bytes: int
-    output: str  # as the user names it (path or URI)
+    output: str | None  # as the user names it (path or URI); None for kinds without per-file outputs
     in_path: str  # paths inside the folders' filesystems
-    out_path: str
-    format: str  # Pillow format of the output
+    out_path: str | None
+    format: str | None  # Pillow format of the output
 
 
 @dataclass
@@ -162,30 +246,54 @@ class Plan:
     """Records of files failed at listing time (not images, unsafe names, clashes)."""
     skipped: int
     records: dict[str, ManifestRecord]
+    kind: ManifestKind = STYLIZE_MANIFEST
+    listed: list[str] = field(default_factory=list)
+    """Relative path of every file of the input, as listed by this run (sorted)."""
 
 
-def plan_work(src: Folder, dst: Folder, run_id: str, *, overwrite: bool = False) -> Plan:
-    """List the input and decide per file: skip (finished earlier), process, or fail right away."""
+def plan_work(
+    src: Folder, dst: Folder, run_id: str, *, overwrite: bool = False, kind: ManifestKind = STYLIZE_MANIFEST
+) -> Plan:
+    """List the input and decide per file: skip (finished earlier), process, or fail right away.
+
+    A file is skipped when its latest row is done and, for kinds with per-file outputs, the row
+    names the same output and that file exists. Files that are not images by extension, and
+    unsafe names, fail here."""
     entries = folders.list_files(src)
     if not entries:
         raise DataError(f"no files under {src.uri}")
-    records, _ = read_manifest_state(dst)
-    existing = {e.rel for e in folders.list_files(dst)} if not overwrite and records else set()
+    records, _ = read_manifest_state(dst, kind)
+    outputs = kind.per_file_outputs
+    existing = {e.rel for e in folders.list_files(dst)} if outputs and not overwrite and records else set()
     todo, failed, skipped = [], [], 0
-    for entry, out_rel, fmt, error in _name_outputs(entries):
+    for entry, out_rel, fmt, error in (_name_outputs(entries) if outputs else _check_inputs(entries)):
         base = ManifestRecord(relpath=entry.rel, input=src.uri_of(entry.rel), input_bytes=entry.size)
         if error is not None:
             failed.append(manifest_record(base, run_id, status="failed", error=error))
             continue
         earlier = records.get(entry.rel)
-        output = dst.uri_of(out_rel)
+        output = dst.uri_of(out_rel) if outputs else None
         if (not overwrite and earlier and earlier["status"] == "done"
-                and earlier["output"] == output and out_rel in existing):
+                and (not outputs or (earlier["output"] == output and out_rel in existing))):
             skipped += 1
             continue
         todo.append(WorkItem(relpath=entry.rel, input=base["input"], input_bytes=entry.size, output=output,
-                             in_path=src.path_of(entry.rel), out_path=dst.path_of(out_rel), format=fmt))
-    return Plan(todo, failed, skipped, records)
+                             in_path=src.path_of(entry.rel), out_path=dst.path_of(out_rel) if outputs else None,
+                             format=fmt))
+    return Plan(todo, failed, skipped, records, kind, [e.rel for e in entries])
+
+
+def _check_inputs(entries: list[folders.FileEntry]) -> list[tuple]:
+    """(entry, None, None, error) per entry: the input checks of _name_outputs (a safe relative
+    path with an image extension) for jobs that write no file per input."""
+    result = []
+    for entry in entries:
+        try:
+            folders.output_name(entry.rel)
+            result.append((entry, None, None, None))
+        except DataError as exc:
+            result.append((entry, None, None, str(exc)))
+    return result
 
 
 def _name_outputs(entries: list[folders.FileEntry]) -> list[tuple]:
@@ -229,10 +337,10 @@ class RunSummary:
 
 def merge_manifest(plan: Plan, dst: Folder, run_id: str, seconds: float) -> RunSummary:
     """Fold this run's parts (and listing failures) into the manifest; count this run's rows."""
-    records, parts = read_manifest_state(dst)
+    records, parts = read_manifest_state(dst, plan.kind)
     for record in plan.failed:
         records[record["relpath"]] = record
-    manifest = write_manifest(dst, list(records.values()), parts)
+    manifest = write_manifest(dst, list(records.values()), parts, plan.kind)
     mine = [r for r in records.values() if r["run_id"] == run_id]
     done = sum(r["status"] == "done" for r in mine)
     failed = sorted((r for r in mine if r["status"] == "failed"), key=lambda r: r["relpath"])

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import sys
 
+import _folder_args
+
 import _common
 import _style_args
 from cvray.style.config import StylizeFolderConfig
@@ -23,34 +25,13 @@ from cvray.style.config import StylizeFolderConfig
 
 def main(argv=None) -> int:
     parser = _common.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, metavar="DIR", help="input folder (path or URI)")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="output folder (path or URI), outside the input folder")
-    parser.add_argument("--num-actors", type=_common.positive_int, default=None, metavar="N",
-                        help="stylising actors (default: one per GPU, else one per two CPUs)")
-    parser.add_argument("--batch-size", type=_common.positive_int, default=4, metavar="B",
-                        help="images of one shape optimised together by an actor")
-    parser.add_argument("--cpus-per-actor", type=_common.positive_float, default=None, metavar="C",
-                        help="CPU actors: torch threads each (default: a fair share of the cluster)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="redo every image, even those finished by an earlier run")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster (HOST:PORT, ray://HOST:PORT, auto; default: RAY_ADDRESS "
-                             "or a local Ray)")
+    _folder_args.add_folder_args(parser, actors="stylising", batch_default=4,
+                                 batch_help="images of one shape optimised together by an actor")
     _style_args.add_style_args(parser)
     args = parser.parse_args(argv)
 
-    config = StylizeFolderConfig(
-        style=_style_args.style_config_from_args(args),
-        input=args.input,
-        output=args.output,
-        style_images=tuple(args.style),
-        num_actors=args.num_actors,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        use_gpu=args.gpu,
-        cpus_per_actor=args.cpus_per_actor,
-    )
+    config = StylizeFolderConfig(style=_style_args.style_config_from_args(args), style_images=tuple(args.style),
+                                 **_folder_args.folder_fields(args))
     from cvray.on_ray.bulk import run_bulk  # after argument checks: --help stays fast
 
     summary = run_bulk(config, address=args.address)

@@ -16,29 +16,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import re
-import time
 import uuid
 
-import ray
-
 from cvray import folders, storage
-from cvray.errors import CvrayError, DataError
-from cvray.folders import Folder
+from cvray.errors import DataError
 from cvray.images import decode_image
-from cvray.manifest import RunSummary, merge_manifest, plan_work
+from cvray.manifest import RunSummary, plan_work
 from cvray.on_ray.connect import connect
+from cvray.on_ray.folder_job import describe, run_plan, run_stages
 from cvray.on_ray.placement import plan_actors
-from cvray.style.bulk import StylizeActor, check_run_config, decode_batch, min_side, reason
+from cvray.style.bulk import StylizeActor, check_run_config, decode_batch, min_side
 from cvray.style.config import StylizeFolderConfig
 
 log = logging.getLogger(__name__)
-
-DECODE_CPUS = 0.25
-"""CPUs a read-and-decode task asks for: small, so reads always fit beside the actors."""
-AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
-           "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_PROFILE")
 
 
 # ------------------------------------------------------------------ the job
@@ -58,17 +48,7 @@ def run_bulk(config: StylizeFolderConfig, *, address: str | None = None) -> RunS
     plan = plan_work(src, dst, run_id, overwrite=config.overwrite)
     has_outputs = any(r["status"] == "done" for r in plan.records.values())
     check_run_config(config, src, dst, [hashlib.sha1(b).hexdigest() for b in style_bytes], has_outputs)
-    start = time.perf_counter()
-    try:
-        if plan.todo:
-            _execute(config, plan.todo, src, dst, style_bytes, run_id, address)
-    except BaseException:  # Ctrl-C or a crash: keep what finished in the manifest, then stop
-        try:
-            merge_manifest(plan, dst, run_id, time.perf_counter() - start)
-        except Exception:  # noqa: BLE001 - the parts stay; the next run merges them
-            pass
-        raise
-    return merge_manifest(plan, dst, run_id, time.perf_counter() - start)
+    return run_plan(plan, dst, run_id, lambda: _execute(config, plan.todo, src, dst, style_bytes, run_id, address))
 
 
 def _read_style(path: str) -> bytes:
@@ -85,65 +65,13 @@ def _check_weights(weights: str | None) -> None:
 
 def _execute(config, todo, src, dst, style_bytes, run_id, address) -> None:
     placement = plan_actors(connect(address), config.num_actors, config.use_gpu, config.cpus_per_actor)
-    num_actors, use_gpu = placement.count, placement.use_gpu
-    env = _remote_env(src, dst)
-    rows_per_call = max(1, min(4 * config.batch_size, math.ceil(len(todo) / (2 * num_actors))))
-    each = "GPU" if use_gpu else f"{placement.cpus_each:.2g} CPUs, {placement.threads_each} torch thread(s)"
-    log.info(f"stylising {len(todo)} images with {num_actors} actor(s) on {each} each")
-    ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), max(2 * num_actors, len(todo) // 4)))
-    ds = ds.map_batches(
-        decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=DECODE_CPUS,
-        fn_kwargs={"src": src, "dst": dst, "style": config.style, "minimum": min_side(config.style),
-                   "run_id": run_id},
-        **env,
+    log.info(f"stylising {len(todo)} images with {placement.count} actor(s) on {describe(placement)} each")
+    run_stages(
+        todo, src, dst, placement,
+        decode=decode_batch, decode_kwargs={"src": src, "dst": dst, "style": config.style,
+                                            "minimum": min_side(config.style), "run_id": run_id},
+        actor=StylizeActor, actor_kwargs={"style": config.style, "style_bytes": style_bytes, "dst": dst,
+                                          "run_id": run_id, "batch_size": config.batch_size},
+        rows_per_call=max(1, min(4 * config.batch_size, math.ceil(len(todo) / (2 * placement.count)))),
+        items_per_decode_task=4,
     )
-    ds = ds.map_batches(
-        StylizeActor, batch_format="pyarrow", batch_size=rows_per_call,
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        fn_constructor_kwargs={"style": config.style, "style_bytes": style_bytes, "dst": dst,
-                               "run_id": run_id, "batch_size": config.batch_size,
-                               "threads": placement.threads_each, "use_gpu": use_gpu},
-        num_cpus=placement.cpus_each, num_gpus=1 if use_gpu else 0, **env,
-    )
-    try:
-        for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            pass  # every row's outcome is already in its manifest part
-    except Exception as exc:  # noqa: BLE001 - surface a user error raised inside an actor as one line
-        user = _user_error(exc)
-        if user is None:
-            raise
-        raise type(user)(reason(user)) from None
-
-
-def _remote_env(src: Folder, dst: Folder) -> dict:
-    """Object-store credentials set where the job starts also reach the Ray workers."""
-    if src.is_local and dst.is_local:
-        return {}
-    env = {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
-    return {"runtime_env": {"env_vars": env}} if env else {}
-
-
-def _user_error(exc: BaseException) -> CvrayError | None:
-    """The CvrayError raised inside a task or actor (bad weights, say), if that stopped the run.
-
-    Ray Data re-raises a UDF's error as RayTaskError(UserCodeException), and an actor that dies
-    in its constructor as ActorDiedError; both carry the original only as remote traceback text.
-    """
-    from cvray import errors
-
-    seen, stack = set(), [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, CvrayError) and not hasattr(e, "cause"):
-            return e
-        text = f"{getattr(e, 'error_msg', '')}\n{e}"
-        found = re.findall(r"^cvray\.errors\.(\w+Error): (.+)$", text, re.M)
-        if found and isinstance(getattr(errors, found[-1][0], None), type):
-            return getattr(errors, found[-1][0])(found[-1][1])
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
-
-

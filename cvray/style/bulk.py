@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from cvray import folders
-from cvray.errors import ConfigError, CvrayError, DataError, first_line
+from cvray.errors import ConfigError, CvrayError, DataError
 from cvray.folders import Folder
 from cvray.images import decode_image, decode_image_at, encode_image, to_pil
 from cvray.manifest import ManifestRecord, WorkItem, manifest_record, write_manifest_part
+from cvray.manifest import failure_reason as reason  # shared by the folder jobs; the name bulk uses
 from cvray.style.config import StyleConfig, StylizeFolderConfig
 
 _DECODED_SCHEMA = pa.schema([
@@ -219,12 +220,3 @@ def _base(item: WorkItem | dict) -> ManifestRecord:
 
 def _last(curve) -> float | None:
     return float(curve[-1]) if curve is not None and len(curve) else None
-
-
-def reason(exc: BaseException, name: str | None = None) -> str:
-    """One line for the manifest: without the file's name (the row names it), with the type of an
-    unexpected error (a CvrayError's text says enough)."""
-    text = first_line(exc)
-    if name and text.startswith(f"{name}: "):
-        text = text[len(name) + 2:]  # the manifest row already names the file
-    return text if isinstance(exc, CvrayError) else f"{type(exc).__name__}: {text}"

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import stylize_folder
+from conftest import image_writer, write_bad_files
 from PIL import Image
 
 import _common
@@ -41,15 +42,7 @@ BAD = {  # relative input path -> words of the manifest's error
 
 
 def _make_folder(root) -> None:
-    rng = np.random.default_rng(0)
-
-    def rgb(w, h):
-        return Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
-
-    def save(rel, img, fmt=None, **kw):
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, fmt, **kw)
+    rgb, save = image_writer(root)
 
     save("a.jpg", rgb(64, 48))
     save("sub/b.png", rgb(40, 60))
@@ -58,18 +51,12 @@ def _make_folder(root) -> None:
     save("modes/rgba.png", rgb(32, 32).convert("RGBA"))
     save("modes/pal.gif", rgb(48, 32).convert("P"))
     save("modes/cmyk.jpg", rgb(60, 40).convert("CMYK"))
-    save("modes/deep16.tiff", Image.fromarray(rng.integers(0, 65536, (40, 56), np.uint16)))
+    save("modes/deep16.tiff", Image.fromarray(np.random.default_rng(1).integers(0, 65536, (40, 56), np.uint16)))
     save("modes/icon.bmp", rgb(36, 36))
     exif = Image.Exif()
     exif[0x0112] = 6
     save("rot.jpg", rgb(64, 32), exif=exif.tobytes())
-    (root / "bad").mkdir()
-    (root / "bad/zero.png").write_bytes(b"")
-    png = io.BytesIO()
-    rgb(64, 64).save(png, "PNG")
-    (root / "bad/trunc.png").write_bytes(png.getvalue()[:300])
-    (root / "bad/fake.jpg").write_text("not a jpeg")
-    (root / "notes.txt").write_text("hello")
+    write_bad_files(root, zero="bad/zero.png", truncated="bad/trunc.png", fake="bad/fake.jpg", text="notes.txt")
     save("bad/tiny.png", rgb(12, 40))
     (root / ".DS_Store").write_bytes(b"\0")  # hidden: not an input at all
 
