@@ -59,6 +59,67 @@ def write_parquet_split(path, n: int, seed: int) -> None:
     pq.write_table(pa.table({"image": blobs, "label": labels.astype(np.int64)}), path)
 
 
+def image_writer(root: Path, seed: int = 0):
+    """(rgb, save): rgb(w, h) is a random RGB PIL image; save(rel, image, fmt=None, **kw) writes it
+    under `root`, making folders."""
+    rng = np.random.default_rng(seed)
+
+    def rgb(w: int, h: int) -> Image.Image:
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
+
+    def save(rel: str, image: Image.Image, fmt: str | None = None, **kw) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, fmt, **kw)
+
+    return rgb, save
+
+
+def write_bad_files(root: Path, *, zero: str, truncated: str, fake: str, text: str) -> None:
+    """The unreadable kinds a folder job must survive: an empty file, a truncated PNG, a non-image
+    with an image suffix, and a text file."""
+    for rel in (zero, truncated, fake, text):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / zero).write_bytes(b"")
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(png, "PNG")
+    (root / truncated).write_bytes(png.getvalue()[:300])
+    (root / fake).write_text("not a jpeg")
+    (root / text).write_text("hello")
+
+
+def write_labelled_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> None:
+    """train/<class>/ and test/<class>/ of two visibly different classes ("dark" with horizontal
+    stripes, "bright" with vertical ones: they survive any image mode), in mixed sizes, modes,
+    formats and nesting, plus a corrupt JPEG in train/ and a text file in test/."""
+    rng = np.random.default_rng(seed)
+    modes = ("RGB", "L", "RGBA", "P", "RGB")
+    for split, count in per_class.items():
+        for label, name in enumerate(("dark", "bright")):
+            for i in range(count):
+                h, w = int(rng.integers(48, 96)), int(rng.integers(48, 96))
+                y, x = np.mgrid[0:h, 0:w]
+                stripes = ((y if label == 0 else x) // 6) % 2
+                base = 40 + 150 * label + 40 * stripes
+                pixels = np.clip(base[..., None] + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels).convert(modes[i % len(modes)])
+                folder = root / split / name / ("nested" if i % 4 == 0 else "")
+                folder.mkdir(parents=True, exist_ok=True)
+                suffix = "jpg" if image.mode in ("RGB", "L") and i % 2 else "png"
+                image.save(folder / f"{split}{i:03d}.{suffix}")
+    (root / "train" / "dark" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "test" / "bright" / "notes.txt").write_text("not an image")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A labelled image folder: 2 classes x (32 train, 16 test) images of mixed sizes and modes,
+    one corrupt file, one text file."""
+    root = tmp_path_factory.mktemp("folder")
+    write_labelled_folder(root, {"train": 32, "test": 16})
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory):
     """A CIFAR-10 folder in the Parquet format: 128 train and 64 test images."""

@@ -1,5 +1,5 @@
-"""The lab's image augmentations (d2l "image augmentation"), two ways, and the named train and
-eval presets the training recipes use (`train_transform`, `eval_transform`).
+"""The lab's image augmentations (d2l "image augmentation"), two ways. (The named train and eval
+presets the training recipes use are cvray.classification.transforms'.)
 
 1. `BatchAugment`: batched tensor ops for training. A whole (B, 3, H, W) uint8 batch is augmented
    on its own device (GPU or CPU) in a handful of kernels: randomness is drawn per sample from one
@@ -59,13 +59,19 @@ class BatchAugment:
     def __repr__(self) -> str:
         return f"BatchAugment(names={self.names}, out_size={self.out_size})"
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, sizes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, 3, H, W) uint8 (or float in [0, 1]) -> float32 (B, 3, H', W') in [0, 1], same device.
 
         All random numbers come from `generator` (it must live on the images' device; None: torch's
-        default generator), so a seeded generator reproduces a batch exactly.
+        default generator), so a seeded generator reproduces a batch exactly. Every image must fill
+        H x W (sizes None: the CIFAR recipe's data); images of mixed sizes take cvray.classification.
+        transforms' crop presets.
         """
         _check_images(images)
+        if sizes is not None:
+            raise DataError("BatchAugment needs images of one size; use the 'crop' transform preset for mixed sizes")
         out_size = self.out_size or tuple(images.shape[-2:])
         x = images
         for step in self._steps:
@@ -73,7 +79,7 @@ class BatchAugment:
                 # Flips are pure indexing: cheaper on uint8, before the float conversion.
                 x = random_flip(x, dim=-1 if step == "flip" else -2, generator=generator)
                 continue
-            x = _to_float(x)
+            x = to_float(x)
             if step == "crop":
                 x = random_resized_crop(x, out_size, generator=generator)
             elif step == "brightness":
@@ -82,7 +88,7 @@ class BatchAugment:
                 x = adjust_hue(x, _uniform(x, -JITTER, JITTER, generator))
             elif step == "color":
                 x = color_jitter(x, generator=generator)
-        x = _to_float(x)
+        x = to_float(x)
         if tuple(x.shape[-2:]) != out_size:
             x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False, antialias=True)
             x = x.clamp_(0.0, 1.0)
@@ -101,7 +107,7 @@ def _check_images(images: torch.Tensor) -> None:
         raise DataError(f"augmentations need uint8 or float images, got {images.dtype}")
 
 
-def _to_float(x: torch.Tensor) -> torch.Tensor:
+def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 / 255; float input is taken to be in [0, 1] already (cast to float32)."""
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
@@ -117,31 +123,6 @@ def _uniform(x: torch.Tensor, low: float, high: float, generator: torch.Generato
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, 1, 1), to broadcast against (B, C, H, W)."""
     return values.view(-1, 1, 1, 1)
-
-
-# ---------------------------------------------------------------- named presets for training
-
-TRANSFORM_PRESETS = ("cifar",)
-"""cifar: the CIFAR lab's input (unnormalised [0, 1] at the stored size); train adds `aug`."""
-
-
-def to_unit_float(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 in [0, 1]: the CIFAR lab's evaluation input."""
-    return _to_float(images)
-
-
-def train_transform(preset: str, aug: Sequence[str] = ("flip",)):
-    """The batch transform a recipe trains with: uint8 (B, 3, H, W) -> float model input."""
-    if preset == "cifar":
-        return BatchAugment(aug)
-    raise ConfigError(f"unknown transform preset {preset!r}; choose one of {', '.join(TRANSFORM_PRESETS)}")
-
-
-def eval_transform(preset: str):
-    """The batch transform a recipe evaluates (and predicts) with."""
-    if preset == "cifar":
-        return to_unit_float
-    raise ConfigError(f"unknown transform preset {preset!r}; choose one of {', '.join(TRANSFORM_PRESETS)}")
 
 
 # ---------------------------------------------------------------- flips
@@ -164,8 +145,8 @@ def random_flip(x: torch.Tensor, dim: int, p: float = 0.5, generator: torch.Gene
 
 def sample_crop_boxes(
     batch: int,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     scale: tuple[float, float] = CROP_SCALE,
     ratio: tuple[float, float] = CROP_RATIO,
     generator: torch.Generator | None = None,
@@ -175,39 +156,42 @@ def sample_crop_boxes(
 
     Per sample: up to 10 draws of (area fraction ~ U[scale], log aspect ~ U[log ratio]); the first
     draw whose box fits is used, at a uniform position; if none fits, torchvision's central-crop
-    fallback. Returns int64 (B, 4) boxes as (top, left, h, w) in pixels.
+    fallback. height/width: one size for the batch, or (B,) tensors, one per image (images of
+    different sizes padded into one batch). Returns int64 (B, 4) boxes as (top, left, h, w) in pixels.
     """
-    area = float(height * width)
+    H = torch.as_tensor(height, device=device).to(torch.int64).expand(batch)  # (B,)
+    W = torch.as_tensor(width, device=device).to(torch.int64).expand(batch)
+    area = (H * W).to(torch.float32)[:, None]
     u = torch.rand(batch, _CROP_TRIES, 2, generator=generator, device=device)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
     w = torch.round(torch.sqrt(target_area * aspect)).long()  # (B, tries)
     h = torch.round(torch.sqrt(target_area / aspect)).long()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    fits = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting try
     w = w.gather(1, first).squeeze(1)
     h = h.gather(1, first).squeeze(1)
-    fallback_h, fallback_w = _central_crop_size(height, width, ratio)
+    fallback_h, fallback_w = _central_crop_size(H, W, ratio)
     any_fit = fits.any(dim=1)
     h = torch.where(any_fit, h, fallback_h)
     w = torch.where(any_fit, w, fallback_w)
     # torch.randint(0, H - h + 1) per sample == floor(U * (H - h + 1)); the fallback is centred.
     pos = torch.rand(batch, 2, generator=generator, device=device)
-    top = torch.floor(pos[:, 0] * (height - h + 1)).long().clamp_(max=height - h)
-    left = torch.floor(pos[:, 1] * (width - w + 1)).long().clamp_(max=width - w)
-    top = torch.where(any_fit, top, (height - h) // 2)
-    left = torch.where(any_fit, left, (width - w) // 2)
+    top = torch.minimum(torch.floor(pos[:, 0] * (H - h + 1)).long(), H - h)
+    left = torch.minimum(torch.floor(pos[:, 1] * (W - w + 1)).long(), W - w)
+    top = torch.where(any_fit, top, (H - h) // 2)
+    left = torch.where(any_fit, left, (W - w) // 2)
     return torch.stack((top, left, h, w), dim=1)
 
 
-def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return int(round(width / min(ratio))), width
-    if in_ratio > max(ratio):
-        return height, int(round(height * max(ratio)))
-    return height, width
+def _central_crop_size(H: torch.Tensor, W: torch.Tensor, ratio: tuple[float, float]):
+    """torchvision's fallback crop (h, w) per image: the whole image, cut to the ratio range."""
+    in_ratio = W.double() / H.double()
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    h = torch.where(narrow, torch.round(W.double() / min(ratio)).long(), H)
+    w = torch.where(wide, torch.round(H.double() * max(ratio)).long(), W)
+    return h, w
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:

@@ -9,13 +9,7 @@ here. Every failure is a one-line DataError naming the file.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import shutil
-import tarfile
-import tempfile
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cvray import images, storage
+from cvray.classification import image_folders
 from cvray.classification.cifar_python import (
     PYTHON_DIR,
     PYTHON_TEST_FILE,
@@ -34,6 +29,7 @@ from cvray.classification.cifar_python import (
     read_python_split,
 )
 from cvray.classification.engine import ImageClassData
+from cvray.downloads import download_archive
 from cvray.errors import DataError, first_line
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -42,7 +38,6 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
-_LOCK_NAME = ".cifar10.lock"
 _HINT = "put cifar-10-batches-py/, train.parquet+test.parquet or train/<class>/ + test/<class>/ folders there"
 # Decoding a 32x32 JPEG takes microseconds and the per-image Python work holds the GIL, so extra
 # threads only slowed local reads down (benchmarks/cifar_decode.py); they do hide object-store latency.
@@ -60,15 +55,21 @@ def detect_format(data_dir: str) -> str | None:
 
 
 def load_cifar10(data_dir: str, *, download: bool = True, train_samples: int | None = None,
-                 test_samples: int | None = None) -> ImageClassData:
+                 test_samples: int | None = None, classes: Sequence[str] | None = None,
+                 max_bad_share: float = image_folders.MAX_BAD_SHARE) -> ImageClassData:
     """Read CIFAR-10 from `data_dir` (local path or URI), downloading it first if needed.
 
     `train_samples` / `test_samples` keep the first N images of each split (in file order for
     python and parquet; after a fixed default_rng(0) shuffle for folders); None keeps all.
+    `classes`: keep only these CIFAR-10 classes (labels renumbered in this order), e.g. to
+    pretrain on eight classes and fine-tune on the other two; the sample limits apply after it.
+    The folders format skips unreadable files (listed in the result's `skipped`) up to
+    `max_bad_share` of a split; the other formats are all-or-nothing.
     """
     for name, n in (("train_samples", train_samples), ("test_samples", test_samples)):
         if n is not None and n <= 0:
             raise DataError(f"{name} must be a positive number of images, got {n}")
+    keep = _class_indices(classes)
     found = _locate(data_dir)
     if found is None:
         _require_download(data_dir, download)
@@ -77,45 +78,50 @@ def load_cifar10(data_dir: str, *, download: bool = True, train_samples: int | N
         if found is None:
             raise DataError(f"downloaded CIFAR-10 into {data_dir} but cannot find it there")
     fmt, base = found
-    reader = {"python": read_python_split, "parquet": _read_parquet, "folders": _read_folders}[fmt]
-    train, test = reader(base, "train", train_samples), reader(base, "test", test_samples)
-    for split, (_, labels) in (("train", train), ("test", test)):
+    splits, skipped = {}, []
+    for split, limit in (("train", train_samples), ("test", test_samples)):
+        # a class subset reads everything, then keeps the first `limit` of those classes
+        read_limit = limit if keep is None else None
+        if fmt == "folders":
+            images, labels, bad = _read_folders(base, split, read_limit, max_bad_share)
+            skipped += bad
+        else:
+            images, labels = {"python": read_python_split, "parquet": _read_parquet}[fmt](base, split, read_limit)
+        if keep is not None:
+            images, labels = _subset(images, labels, keep, limit)
         if len(labels) == 0:
             raise DataError(f"{data_dir}: the {fmt} format's {split} split holds no images")
-    return ImageClassData(*_as_tensors(*train), *_as_tensors(*test), list(CIFAR10_CLASSES), fmt)
+        splits[split] = _as_tensors(images, labels)
+    names = list(CIFAR10_CLASSES) if keep is None else [CIFAR10_CLASSES[i] for i in keep]
+    return ImageClassData(*splits["train"], *splits["test"], names, fmt, skipped)
+
+
+def _class_indices(classes: Sequence[str] | None) -> list[int] | None:
+    if classes is None:
+        return None
+    unknown = [c for c in classes if c not in CIFAR10_CLASSES]
+    if unknown or len(set(classes)) < 2 or len(set(classes)) != len(classes):
+        raise DataError(f"classes must be two or more distinct CIFAR-10 names ({' '.join(CIFAR10_CLASSES)}); "
+                        f"got {', '.join(classes)}")
+    return [CIFAR10_CLASSES.index(c) for c in classes]
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, keep: list[int], limit: int | None):
+    """The rows whose label is in `keep` (first `limit` of them), labels renumbered 0..len(keep)-1."""
+    rows = np.flatnonzero(np.isin(labels, keep))[:limit]
+    remap = np.full(10, -1, np.int64)
+    remap[keep] = np.arange(len(keep))
+    return images[rows], remap[labels[rows]]
 
 
 def download_cifar10(data_dir: str, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> None:
-    """Download and unpack CIFAR-10 (python format) into the local folder `data_dir`.
-
-    Safe for concurrent callers on one node: a file lock in `data_dir` serialises them and the
-    format is re-checked under it. The archive is unpacked in a hidden temporary folder and the
-    finished `cifar-10-batches-py/` moved in with one rename, so nothing partial is left behind.
-    """
+    """Download and unpack CIFAR-10 (python format) into the local folder `data_dir`, once
+    (file-locked, md5-checked, atomic: cvray.downloads)."""
     root = _local_root(data_dir)
     if root is None:
         raise DataError(f"no CIFAR-10 found in {data_dir}: downloads only go to local folders; {_HINT}")
-    from filelock import FileLock  # imported here: only downloads need it
-
-    try:
-        os.makedirs(root, exist_ok=True)
-        with FileLock(os.path.join(root, _LOCK_NAME)):
-            if _locate(root) is None:  # else another process finished it while we waited
-                _download_locked(root, data_dir, url, md5)
-    except OSError as exc:  # unwritable folder, a file in the way
-        raise DataError(f"cannot download CIFAR-10 into {data_dir} ({first_line(exc)}): {_HINT}") from None
-
-
-def _download_locked(root: str, data_dir: str, url: str, md5: str) -> None:
-    staging = tempfile.mkdtemp(prefix=".cifar10-download-", dir=root)
-    try:
-        _fetch_into(staging, url, md5)
-        os.replace(os.path.join(staging, PYTHON_DIR), os.path.join(root, PYTHON_DIR))
-    except Exception as exc:
-        raise DataError(f"no CIFAR-10 found in {data_dir} and the download from {url} failed "
-                        f"({first_line(exc)}): {_HINT}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    download_archive(root, url=url, algorithm="md5", digest=md5, member=PYTHON_DIR,
+                     present=lambda: _locate(root) is not None, what="CIFAR-10", hint=_HINT)
 
 
 # ----------------------------------------------------------------------------- detection
@@ -164,27 +170,6 @@ def _require_download(data_dir: str, download: bool) -> None:
     state = {pafs.FileType.NotFound: "it does not exist", pafs.FileType.File: "it is a file"}.get(
         kind, "it holds none of the three formats")
     raise DataError(f"no CIFAR-10 found in {data_dir} ({state}; download is off): {_HINT}")
-
-
-def _fetch_into(folder: str, url: str, md5: str) -> None:
-    """Download the archive into `folder`, check its md5 and unpack it there (then drop it)."""
-    from tqdm import tqdm  # only downloads need it
-
-    archive, digest = os.path.join(folder, "cifar-10-python.tar.gz"), hashlib.md5()
-    with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f, \
-            tqdm(total=response.length, unit="B", unit_scale=True, desc="CIFAR-10", disable=None) as bar:
-        while chunk := response.read(1 << 20):
-            f.write(chunk)
-            digest.update(chunk)
-            bar.update(len(chunk))
-    if digest.hexdigest() != md5:
-        raise DataError(f"md5 {digest.hexdigest()} instead of {md5}")
-    with tarfile.open(archive, "r:gz") as tar:
-        # "data" filter: no absolute paths, links or files outside `folder` (Python >= 3.10.12)
-        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    os.remove(archive)
-    if not os.path.isdir(os.path.join(folder, PYTHON_DIR)):
-        raise DataError(f"the archive holds no {PYTHON_DIR}/ folder")
 
 
 # ----------------------------------------------------------------------------- parquet
@@ -237,50 +222,19 @@ def _check_schema(schema: pa.Schema, path: str) -> None:
 
 # ----------------------------------------------------------------------------- image folders
 
-def _read_folders(folder: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    split_dir = storage.join(folder, split)
-    fs, root = storage.resolve(split_dir)
-    files, labels = _list_class_files(fs, root, split_dir)
+def _read_folders(folder: str, split: str, limit: int | None, max_bad_share: float):
+    """One split of the folders format through the shared tolerant reader: bad files are skipped
+    (listed in the result) up to `max_bad_share` of the split."""
+    listing = image_folders.list_labelled_folder(folder, classes=CIFAR10_CLASSES, allow_empty_classes=True)
+    files = listing.splits[split]
     order = np.random.default_rng(0).permutation(len(files))[:limit]  # classes interleaved
-    files = [files[i] for i in order]
-    labels = np.asarray(labels, dtype=np.int64)[order]
-    # names for messages: the user's path or URI of each file
-    name_of = lambda i: storage.join(split_dir, files[i][len(root) + 1:])  # noqa: E731
-    threads = _LOCAL_THREADS if isinstance(fs, pafs.LocalFileSystem) else _REMOTE_THREADS
-    return _decode_all(files, name_of, read=_file_reader(fs), threads=threads), labels
-
-
-def _list_class_files(fs: pafs.FileSystem, root: str, split_dir: str) -> tuple[list[str], list[int]]:
-    """Every file under root/<class>/ (paths inside `fs`), path-sorted, with its class index."""
-    kinds = _entry_types(fs, root)
-    if kinds is None:
-        raise DataError(f"{split_dir}: missing (the folders format needs train/<class>/ and test/<class>/)")
-    found = {name for name, kind in kinds.items() if kind == "dir" and not name.startswith(".")}
-    if found != set(CIFAR10_CLASSES):
-        raise DataError(f"{split_dir}: class folders must be the 10 CIFAR-10 names ({' '.join(CIFAR10_CLASSES)}); "
-                        f"unexpected: {sorted(found - set(CIFAR10_CLASSES))}, "
-                        f"missing: {sorted(set(CIFAR10_CLASSES) - found)}")
-    files, labels = [], []
-    for label, name in enumerate(CIFAR10_CLASSES):
-        class_kinds = _entry_types(fs, f"{root}/{name}") or {}
-        for base in sorted(b for b, k in class_kinds.items() if k == "file" and not b.startswith(".")):
-            files.append(f"{root}/{name}/{base}")
-            labels.append(label)
-    return files, labels
-
-
-def _file_reader(fs: pafs.FileSystem) -> Callable[[str], bytes]:
-    """Whole-file reads; plain open() locally (pyarrow's per-call cost dominates 1 KB files)."""
-    def read(path: str) -> bytes:
-        try:
-            if isinstance(fs, pafs.LocalFileSystem):
-                with open(path, "rb") as f:
-                    return f.read()
-            with fs.open_input_stream(path) as f:
-                return f.read()
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({first_line(exc)})") from None
-    return read
+    threads = _LOCAL_THREADS if listing.is_local else _REMOTE_THREADS
+    decoded = image_folders.decode_files(
+        [files[i] for i in order], listing.fs, _decode_pil, threads=threads, max_bad_share=max_bad_share,
+        what=f"files of {storage.join(folder, split)}",
+    )
+    images = np.stack(decoded.arrays) if decoded.arrays else np.empty((0, 3, SIDE, SIDE), np.uint8)
+    return images, decoded.labels, decoded.skipped
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -95,3 +95,64 @@ class CifarTrainConfig(TrainConfig):
         if self.train_samples is not None:
             name += f"-n{self.train_samples}"
         return name
+
+
+DATA_PATHS = ("auto", "memory", "stream")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning a pretrained ResNet on a labelled image folder (d2l section 14.2, hot dogs) on
+    Ray Train. The defaults are the lab's: ImageNet ResNet-18, new 2-way fc (Xavier), SGD lr 5e-5,
+    weight decay 1e-3, fc at 10x lr, global batch 128, 5 epochs, summed loss."""
+
+    batch_size: int = 128
+    lr: float = 5e-5
+    """SGD learning rate of the pretrained body (the lab's scratch baseline: 5e-4, one group)."""
+    epochs: int = 5
+    data_dir: str = "~/.cache/cvray/hotdog"
+    """train/<class>/... and test/<class>/... (local or URI); d2l's hotdog.zip is downloaded into
+    this default folder when it is empty."""
+    arch: str | None = None
+    """cvray.classification.models.ARCHS; None: resnet18 (the lab), or the init_from run's."""
+    weights: str | None = None
+    """None: torchvision's IMAGENET1K_V1; else a state dict path or URI (torchvision layout)."""
+    init_from: str | None = None
+    """An earlier cvray run folder (or its model.pt) to start from; its head is replaced."""
+    scratch: bool = False
+    """The lab's baseline: the architecture from its default init, one parameter group."""
+    head_lr_mult: float = 10.0
+    """The new output layer's learning rate / lr (ignored with scratch)."""
+    weight_decay: float = 1e-3
+    crop_size: int | None = None
+    """Training crop and evaluation centre crop (px); None: the architecture's input size."""
+    decode_size: int | None = None
+    """Each image is decoded once with its shorter side at this many px; None: the evaluation
+    resize, round(crop_size * 256 / 224)."""
+    normalization: str | None = None
+    """Input normalisation, from the weights' origin: "imagenet", or "none" for a CIFAR-trained
+    init_from run; None: decided when the run starts."""
+    train_samples: int | None = None
+    """Use a fixed, class-interleaved subset of N training images (None: all). --smoke-test sets it."""
+    test_samples: int | None = None
+    max_bad_share: float = 0.1
+    """More unreadable files than this share of a split is an error, not a skip."""
+    data_path: str = "auto"
+    """memory: each worker holds the decoded images; stream: Ray Data decodes them on the cluster
+    every epoch; auto: memory when the decoded images fit memory_budget_gb."""
+    memory_budget_gb: float = 4.0
+    """Decoded images (uint8) a worker may hold on its device for the memory path."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        *TrainConfig.RESUMABLE, "max_bad_share", "data_path", "memory_budget_gb",
+    )
+
+    def default_name(self) -> str:
+        start = "scratch" if self.scratch else ("init" if self.init_from else "pretrained")
+        arch = self.arch or "resnet18"
+        name = f"finetune-{arch}-{start}-bs{self.batch_size}-lr{self.lr:g}-{self.precision}-s{self.seed}"
+        if self.crop_size is not None:
+            name += f"-c{self.crop_size}"
+        if self.train_samples is not None:
+            name += f"-n{self.train_samples}"
+        return name

@@ -10,7 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cvray.errors import ConfigError
+from cvray.errors import ConfigError, DataError, first_line
+from cvray.state_dicts import read_state_dict
 
 
 class Residual(nn.Module):
@@ -76,15 +77,81 @@ def torchvision_resnet(arch: str, num_classes: int) -> nn.Module:
     return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
 
 
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
 ARCHS: dict[str, Callable[[int], nn.Module]] = {
     "d2l_resnet18": d2l_resnet18,
-    **{name: (lambda n, name=name: torchvision_resnet(name, n)) for name in ("resnet18", "resnet34", "resnet50")},
+    **{name: (lambda n, name=name: torchvision_resnet(name, n)) for name in TORCHVISION_RESNETS},
 }
 """Architecture name -> factory(num_classes) -> model taking float (B, 3, H, W), giving logits."""
+IMAGENET_WEIGHTS = {
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+}
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
     """The model `arch` (a key of ARCHS) for `num_classes` classes, freshly initialised."""
+    _check_arch(arch)
+    return ARCHS[arch](num_classes)
+
+
+def head_name(arch: str) -> str:
+    """The name of the output layer (its parameters are `<name>.weight` / `<name>.bias`)."""
+    _check_arch(arch)
+    return "9" if arch == "d2l_resnet18" else "fc"  # d2l: the last module of its Sequential
+
+
+def input_size(arch: str) -> int:
+    """The side (px) the architecture was designed for: 32 for the d2l CIFAR net, 224 for ResNets."""
+    _check_arch(arch)
+    return 32 if arch == "d2l_resnet18" else 224
+
+
+def replace_head(model: nn.Module, arch: str, num_classes: int) -> nn.Module:
+    """Swap the output layer for a new Linear(in_features, num_classes): Xavier-uniform weight,
+    torch's default bias (the fine-tuning lab's `nn.init.xavier_uniform_(finetune_net.fc.weight)`)."""
+    name = head_name(arch)
+    old = model.get_submodule(name)
+    head = nn.Linear(old.in_features, num_classes)
+    nn.init.xavier_uniform_(head.weight)
+    if arch == "d2l_resnet18":
+        model[int(name)] = head
+    else:
+        setattr(model, name, head)
+    return model
+
+
+def pretrained_backbone(arch: str, weights: str | None) -> nn.Module:
+    """A torchvision ResNet with pretrained weights (its 1000-way ImageNet head still on).
+
+    weights: None -> torchvision's IMAGENET1K_V1 through the weights API (downloaded once into
+    torch's cache; DataError when that fails, e.g. offline); otherwise a local path or URI of a
+    state dict in torchvision's layout (with or without the fc layer), loaded with weights_only.
+    """
+    if arch not in IMAGENET_WEIGHTS:
+        raise ConfigError(f"--arch {arch} has no ImageNet weights; use one of {', '.join(IMAGENET_WEIGHTS)}, "
+                          "--scratch, or --init-from a run")
+    if weights is None:
+        enum = IMAGENET_WEIGHTS[arch]
+        try:
+            return getattr(torchvision.models, arch)(weights=enum)
+        except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+            raise DataError(f"cannot load {arch} {enum} ({first_line(exc)}); offline? pass --weights PATH "
+                            "(a torchvision state dict) or --scratch") from None
+    model = getattr(torchvision.models, arch)(weights=None)
+    state = read_state_dict(weights)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a head for other classes
+    missing = sorted(k for k in own if not k.startswith("fc.") and k not in state)
+    wrong = sorted(k for k in state if k not in own or state[k].shape != own[k].shape)
+    if missing or wrong:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected or mis-shaped {wrong[:3]}"
+        raise DataError(f"{weights}: not {arch} weights in torchvision's layout ({detail})")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _check_arch(arch: str) -> None:
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes)

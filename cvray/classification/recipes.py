@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cvray.classification import augment, models
+from cvray.classification import models, transforms
 from cvray.classification.config import CifarTrainConfig, TrainConfig
 from cvray.classification.engine import BatchTransform, ImageClassData
 from cvray.errors import ConfigError
@@ -53,12 +53,24 @@ class Recipe:
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
     loss_reduction: ClassVar[str] = "mean"
     """"mean" or "sum" (the lab's `.sum()`; see cvray.classification.engine.train_one_epoch)."""
-    transform_preset: ClassVar[str] = "cifar"
-    """The named train/eval transforms (cvray.classification.augment)."""
 
     def arch(self, config: TrainConfig) -> str:
         """The architecture name (cvray.classification.models.ARCHS) this run trains."""
         raise NotImplementedError
+
+    def resolve(self, config: TrainConfig) -> TrainConfig:
+        """The config with what it leaves open decided (sizes, normalisation, ...), before the run
+        folder is named; ConfigError for conflicting settings. Default: as it is."""
+        return config
+
+    def check(self, config: TrainConfig) -> None:
+        """Checks that need more than the config (weights files, earlier runs), made where the job
+        starts so that bad input fails before training. Default: none."""
+
+    def streams(self, config: TrainConfig) -> bool:
+        """True: the data is streamed through Ray Data each epoch (too large to hold decoded);
+        False: load_data() decodes it once. Default: False."""
+        return False
 
     def build_model(self, config: TrainConfig, num_classes: int) -> nn.Module:
         return models.build_model(self.arch(config), num_classes)
@@ -71,15 +83,20 @@ class Recipe:
         """The labelled images, in host memory; DataError (one line) when they cannot be read."""
         raise NotImplementedError
 
+    def transform(self, config: TrainConfig) -> dict[str, Any]:
+        """The input the model expects: keyword arguments of cvray.classification.transforms'
+        eval_transform (preset, crop_size, normalization); recorded in model.pt for prediction."""
+        return {"preset": "cifar"}
+
     def train_transform(self, config: TrainConfig) -> BatchTransform:
-        return augment.train_transform(self.transform_preset)
+        return transforms.train_transform(**self.transform(config))
 
     def eval_transform(self, config: TrainConfig) -> BatchTransform:
-        return augment.eval_transform(self.transform_preset)
+        return transforms.eval_transform(**self.transform(config))
 
     def model_info(self, config: TrainConfig) -> dict[str, Any]:
         """What model.pt records to rebuild the model and feed it (cvray.classification.runs.load_model)."""
-        return {"arch": self.arch(config), "transform_preset": self.transform_preset}
+        return {"arch": self.arch(config), "transform": self.transform(config)}
 
     def config_from_dict(self, data: dict[str, Any]) -> TrainConfig:
         return self.config_class.from_dict(data)
@@ -105,13 +122,14 @@ class CifarRecipe(Recipe):
         return load_cifar10(config.data_dir, train_samples=config.train_samples, test_samples=config.test_samples)
 
     def train_transform(self, config: CifarTrainConfig) -> BatchTransform:
-        return augment.train_transform(self.transform_preset, config.aug)
-
-
-RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (CifarRecipe(),)}
+        return transforms.train_transform("cifar", aug=config.aug)
 
 
 def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]
+    """The recipe of a run by its recorded name: "cifar10" or "finetune"."""
+    from cvray.classification.finetune import FinetuneRecipe  # it imports this module
+
+    recipes = {recipe.name: recipe for recipe in (CifarRecipe(), FinetuneRecipe())}
+    if name not in recipes:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(recipes)}")
+    return recipes[name]

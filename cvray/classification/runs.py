@@ -9,6 +9,7 @@ Layout of ``STORAGE/NAME/`` (Ray Train also keeps its checkpoint_* folders there
     curves.png       train loss, train acc, test acc against epochs (the lab's animator)
     model.pt         final weights + config + classes + architecture (load with load_model)
     summary.json     the lab's closing numbers and where the run ran
+    skipped_files.csv  unreadable input files left out (file, reason), when there were any
 
 Every file is written atomically (cvray.storage), so a crash never leaves half a file.
 """
@@ -34,7 +35,7 @@ from cvray.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("model", "config", "classes", "epoch", "recipe", "arch", "transform_preset")
+MODEL_KEYS = ("model", "config", "classes", "epoch", "recipe", "arch", "transform")
 
 
 def run_dir(config: TrainConfig) -> str:
@@ -125,6 +126,17 @@ def finish_run(directory: str, recipe_name: str, config: TrainConfig, devices: S
     return summary
 
 
+def write_skipped(directory: str, skipped: Sequence[tuple[str, str]]) -> str:
+    """skipped_files.csv: every input file left out of the run, with the reason; its path."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(("file", "reason"))
+    writer.writerows(skipped)
+    path = storage.join(directory, "skipped_files.csv")
+    storage.write_text_atomic(path, text.getvalue())
+    return path
+
+
 def last_epoch(directory: str) -> int:
     """The last epoch whose metrics are written (0 if none)."""
     return max((r["epoch"] for r in read_metrics(directory)), default=0)
@@ -176,8 +188,8 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
 
     `path` is a run folder or its model.pt (local or URI). Returns (model in eval mode on
     `device`, info) where info holds "config", "classes", "epoch", "recipe", "arch" and
-    "transform_preset" (the batch transform the model expects: cvray.classification.augment.
-    eval_transform; "cifar" = float images in [0, 1], unnormalised, as in training).
+    "transform": the input the model expects, as keyword arguments of cvray.classification.
+    transforms.eval_transform (the CIFAR lab's: {"preset": "cifar"}, 32x32 floats in [0, 1]).
     """
     from cvray.classification.models import build_model
 
@@ -187,7 +199,7 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
         payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
         payload.setdefault("arch", "d2l_resnet18")  # model.pt files from before recipes
         payload.setdefault("recipe", "cifar10")
-        payload.setdefault("transform_preset", "cifar")
+        payload.setdefault("transform", {"preset": "cifar"})
         model = build_model(payload["arch"], num_classes=len(payload["classes"]))
         model.load_state_dict(payload["model"])
     except DataError:

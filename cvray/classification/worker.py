@@ -16,8 +16,9 @@ from torch import nn
 
 from cvray.classification.config import TrainConfig
 from cvray.classification.engine import (
-    DeviceDataset,
+    EpochSource,
     ImageClassData,
+    InMemorySource,
     all_reduce_sums,
     epoch_seed,
     evaluate,
@@ -33,7 +34,11 @@ from cvray.classification.recipes import Recipe
 class WorkerRun:
     """One worker's share of a run. Under torch.distributed, DDP wraps the model."""
 
-    def __init__(self, recipe: Recipe, config: TrainConfig, data: ImageClassData, device: torch.device | str):
+    def __init__(
+        self, recipe: Recipe, config: TrainConfig, data: ImageClassData | EpochSource, device: torch.device | str,
+    ):
+        """data: labelled images in host memory (moved to `device` here), or an EpochSource that
+        yields this worker's batches (a Ray Data stream)."""
         self.recipe, self.config = recipe, config
         self.device = torch.device(device)
         self.rank, self.world_size = world()
@@ -48,8 +53,7 @@ class WorkerRun:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
-        self.train_data = DeviceDataset.to_device(data.train_images, data.train_labels, self.device)
-        self.test_data = DeviceDataset.to_device(data.test_images, data.test_labels, self.device)
+        self.data = InMemorySource(data, self.device, config.seed) if isinstance(data, ImageClassData) else data
         self.train_transform = recipe.train_transform(config)
         self.eval_transform = recipe.eval_transform(config)
         self.epoch = 0  # epochs completed
@@ -62,16 +66,14 @@ class WorkerRun:
         epoch = self.epoch + 1
         start = time.perf_counter()
         cfg = self.config
-        indices = self.train_data.train_shard(self.rank, self.world_size, cfg.seed, epoch)
+        batches, num_examples = self.data.train_batches(epoch, self.batch_size_per_worker)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(epoch_seed(cfg.seed, epoch) * 1024 + self.rank)  # augmentation: per rank, per epoch
         train = train_one_epoch(
-            self.model, self.optimizer, self.train_data.batches(indices, self.batch_size_per_worker), len(indices),
-            self.train_transform, generator, cfg.precision, self.recipe.loss_reduction,
-            progress=progress, progress_every_s=cfg.progress_every_s,
+            self.model, self.optimizer, batches, num_examples, self.train_transform, generator, cfg.precision,
+            self.recipe.loss_reduction, progress=progress, progress_every_s=cfg.progress_every_s,
         )
-        test_indices = self.test_data.eval_shard(self.rank, self.world_size)
-        test_batches = self.test_data.batches(test_indices, cfg.eval_batch_size)
+        test_batches = self.data.test_batches(cfg.eval_batch_size)
         test = evaluate(unwrap(self.model), test_batches, self.eval_transform, cfg.precision)
         totals = all_reduce_sums(
             {

@@ -31,7 +31,7 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
             # exists here; `--address auto` joins that one. Ray Train's state checks need the
             # dashboard: keep its web server on loopback. PYTHONPATH lets workers import cvray
             # from a checkout that isn't pip-installed.
-            start_local(runtime_env=_runtime_env_for_local(), **kwargs)
+            start_local(runtime_env=_runtime_env_for_local(quiet), **kwargs)
         else:
             check_reachable(address)
             try:
@@ -71,15 +71,17 @@ def start_local(**init_kwargs) -> None:
                 os.environ[name] = value
 
 
-def _runtime_env_for_local() -> dict:
+def _runtime_env_for_local(quiet: bool = True) -> dict:
     root = os.path.dirname(CVRAY_PACKAGE_DIR)
     paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
     # No preemption on a one-machine Ray: skip Ray Train's preemption watcher, whose actor logs a
-    # spurious core_worker error line on every run (Ray 2.60).
-    return {"env_vars": {
-        "PYTHONPATH": os.pathsep.join(paths), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    }}
+    # spurious core_worker error line on every run (Ray 2.60). Quiet: Ray Data's INFO lines (two per
+    # dataset execution, from actors we do not own) stay in Ray's log files.
+    env = {"PYTHONPATH": os.pathsep.join(paths), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    if quiet:
+        env["RAY_DATA_LOG_LEVEL"] = "WARNING"
+    return {"env_vars": env}
 
 
 def _runtime_env_for_remote() -> dict | None:

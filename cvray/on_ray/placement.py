@@ -65,20 +65,24 @@ def plan_workers(
     cluster: ClusterInfo, num_workers: int | None = None, use_gpu: bool | None = None,
     cpus_per_worker: float | None = None, *, leave_cpus_for_tasks: bool = False,
 ) -> Placement:
-    """Ray Train workers (flags --num-workers, --gpu/--no-gpu, --cpus-per-worker)."""
+    """Ray Train workers (flags --num-workers, --gpu/--no-gpu, --cpus-per-worker).
+
+    leave_cpus_for_tasks: the workers read a Ray Data stream, whose decode tasks need CPUs of
+    their own; the workers then share what is left, in fractions of a CPU if need be.
+    """
     use_gpu = resolve_gpu(use_gpu, cluster)
     count = _count(num_workers, use_gpu, cluster, "--num-workers", cpu_default=1)
     available = cluster.cpus - (tasks_reserve(cluster.cpus) if leave_cpus_for_tasks else 0.0)
-    share = math.floor(available / count)
-    default = max(1, min(GPU_WORKER_MAX_CPUS, share)) if use_gpu else max(1, share)
+    share = available / count if leave_cpus_for_tasks else max(1, math.floor(available / count))
+    default = min(GPU_WORKER_MAX_CPUS, share) if use_gpu else share
     cpus = cpus_per_worker or default
-    if cpus * count > available:
+    if cpus * count > available + 1e-9:
         left = f" while leaving {cluster.cpus - available:g} for data tasks" if leave_cpus_for_tasks else ""
         raise ClusterError(
             f"{count} workers x {cpus:g} CPUs need {count * cpus:g} CPUs{left}; the cluster has {cluster.cpus:g} "
             "(use fewer --num-workers or --cpus-per-worker)"
         )
-    return Placement(count, use_gpu, float(cpus), max(1, int(cpus)))
+    return Placement(count, use_gpu, float(cpus), max(1, math.floor(cpus)))
 
 
 def plan_actors(

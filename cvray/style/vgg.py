@@ -12,7 +12,6 @@ For VGG-19, features index 0 = conv1_1, 5 = conv2_1, 10 = conv3_1, 19 = conv4_1,
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Sequence
 
@@ -21,8 +20,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from cvray import storage
 from cvray.errors import ConfigError, DataError, first_line
+from cvray.state_dicts import read_state_dict
 
 ARCHS = ("vgg16", "vgg19")
 CONVS_PER_BLOCK = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -132,18 +131,9 @@ def load_features_state_dict(path: str, arch: str, features: nn.Sequential) -> d
     Returns fp32 tensors keyed like `features` itself; DataError for a missing or corrupt file,
     or keys/shapes that do not fit `arch` (with a hint at the arch the file seems to be).
     """
-    data = storage.read_bytes(path)
-    try:
-        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors have many types
-        raise DataError(f"{path}: not a readable PyTorch state dict ({first_line(exc)})") from None
-    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-        raw = raw["state_dict"]
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise DataError(f"{path}: expected a state dict of tensors, got {type(raw).__name__}")
+    raw = read_state_dict(path)
     state = {}
     for key, value in raw.items():
-        key = key.removeprefix("module.")
         if key.startswith("classifier."):
             continue  # a full torchvision model: only the convolutions are needed
         state[key.removeprefix("features.")] = value.float()

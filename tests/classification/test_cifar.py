@@ -340,19 +340,40 @@ def test_parquet_schema_errors(tmp_path, splits):
     one_line_error(lambda: load_cifar10(str(tmp_path / "no_test"), download=False), "test.parquet", "missing")
 
 
-def test_folder_errors(tmp_path, splits):
+def test_folders_skip_unreadable_files_up_to_the_bad_share(tmp_path, splits):
     write_folders(tmp_path, splits)
     big = tmp_path / "test" / "cat" / "big.png"
     Image.new("RGB", (64, 48)).save(big)
-    one_line_error(lambda: load_cifar10(str(tmp_path), download=False), str(big), "64x48", "32x32")
+    data = load_cifar10(str(tmp_path), download=False)
+    assert data.skipped == [(str(big), "image is 64x48 pixels, CIFAR-10 images must be 32x32")]
+    assert len(data.test_labels) == N_TEST and len(data.train_labels) == N_TRAIN  # the rest all read
+    one_line_error(lambda: load_cifar10(str(tmp_path), download=False, max_bad_share=0.0),
+                   "1 of 21 files", str(big), "64x48", "--max-bad-share")
     big.write_bytes(b"not an image")
-    one_line_error(lambda: load_cifar10(str(tmp_path), download=False), str(big), "not a readable image")
-    big.unlink()
+    assert "not a readable image" in load_cifar10(str(tmp_path), download=False).skipped[0][1]
+    for i in range(3):  # 4 of 24 test files bad: over the default 10%
+        (tmp_path / "test" / "dog" / f"empty{i}.png").write_bytes(b"")
+    one_line_error(lambda: load_cifar10(str(tmp_path), download=False), "4 of 24 files", "17% > --max-bad-share 0.1")
+
+
+def test_folder_class_errors(tmp_path, splits):
+    write_folders(tmp_path, splits)
     (tmp_path / "train" / "kitten").mkdir()
-    one_line_error(lambda: load_cifar10(str(tmp_path), download=False), "kitten", "10 CIFAR-10 names")
+    one_line_error(lambda: load_cifar10(str(tmp_path), download=False), "kitten", "class folders must be")
     (tmp_path / "train" / "kitten").rmdir()
     (tmp_path / "train" / "cat").rename(tmp_path / "train" / "Cat")
     one_line_error(lambda: load_cifar10(str(tmp_path), download=False), "missing: ['cat']")
+
+
+def test_class_subsets_renumber_labels(tmp_path, splits):
+    write_parquet(tmp_path, splits)
+    full = load_cifar10(str(tmp_path), download=False)
+    pair = load_cifar10(str(tmp_path), download=False, classes=["dog", "cat"], train_samples=3)
+    assert pair.classes == ["dog", "cat"] and len(pair.train_labels) == 3
+    want = [i for i, label in enumerate(full.train_labels.tolist()) if label in (5, 3)][:3]
+    assert torch.equal(pair.train_images, full.train_images[want])
+    assert pair.train_labels.tolist() == [0 if full.train_labels[i] == 5 else 1 for i in want]
+    one_line_error(lambda: load_cifar10(str(tmp_path), download=False, classes=["cat", "kitten"]), "kitten")
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -390,7 +411,7 @@ def test_download_failure_is_one_line_and_leaves_nothing(tmp_path):
     target = tmp_path / "cifar"
     url = "http://127.0.0.1:9/x.tar.gz"  # connection refused: no network needed
     one_line_error(lambda: download_cifar10(str(target), url=url), str(target), url, "cifar-10-batches-py/")
-    assert [p.name for p in target.iterdir()] == [".cifar10.lock"]  # no archive, no staging folder
+    assert [p.name for p in target.iterdir()] == [".cifar-10-batches-py.lock"]  # no archive, no staging folder
 
 
 def test_load_downloads_into_empty_dir(tmp_path, splits, archive_server, monkeypatch):
@@ -400,7 +421,8 @@ def test_load_downloads_into_empty_dir(tmp_path, splits, archive_server, monkeyp
     data = load_cifar10(str(tmp_path / "cache"), train_samples=12)
     check_arrays(data, 12, N_TEST, "python")
     assert torch.equal(data.train_images, torch.from_numpy(splits["train"][0][:12]))
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".cifar10.lock", "cifar-10-batches-py"]
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert names == [".cifar-10-batches-py.lock", "cifar-10-batches-py"]
     load_cifar10(str(tmp_path / "cache"))
     assert len(gets) == 1  # the second load finds the data
 
@@ -428,7 +450,7 @@ def test_download_with_wrong_checksum_leaves_nothing(tmp_path, archive_server):
     url, _, gets = archive_server
     target = tmp_path / "cache"
     one_line_error(lambda: download_cifar10(str(target), url=url, md5="0" * 32), url, "failed")
-    assert len(gets) == 1 and [p.name for p in target.iterdir()] == [".cifar10.lock"]
+    assert len(gets) == 1 and [p.name for p in target.iterdir()] == [".cifar-10-batches-py.lock"]
 
 
 def test_download_into_a_file_path(tmp_path):

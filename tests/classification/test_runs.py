@@ -67,7 +67,8 @@ def test_model_files_load_with_their_architecture_and_refuse_garbage(tmp_path):
     old_style = {"model": net.state_dict(), "config": {}, "classes": ["a", "b", "c"], "epoch": 1}  # no arch
     runs.save_model(str(tmp_path), old_style)
     model, info = runs.load_model(str(tmp_path))
-    assert info["arch"] == "d2l_resnet18" and info["transform_preset"] == "cifar" and info["classes"] == ["a", "b", "c"]
+    assert info["arch"] == "d2l_resnet18" and info["transform"] == {"preset": "cifar"}
+    assert info["classes"] == ["a", "b", "c"]
     probe = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model(probe), net.eval()(probe))
     (tmp_path / "bad.pt").write_bytes(b"not a model")

@@ -51,11 +51,15 @@ def test_training_workers_that_do_not_fit_are_refused():
 
 
 def test_training_that_streams_data_leaves_cpus_for_the_tasks():
-    # 2 CPUs: one worker may take 1 whole CPU and leaves the rest (>= 0.5) to Ray Data's tasks.
-    placement = plan_workers(CPU_LAPTOP, 1, None, None, leave_cpus_for_tasks=True)
-    assert placement.cpus_each == 1.0 and CPU_LAPTOP.cpus - placement.cpus_each >= tasks_reserve(2)
+    # 2 CPUs: the workers share what the decode tasks leave (>= 0.5), fractions of a CPU if need be.
+    one = plan_workers(CPU_LAPTOP, 1, None, None, leave_cpus_for_tasks=True)
+    assert one.cpus_each == 1.5 and one.threads_each == 1
+    two = plan_workers(CPU_LAPTOP, 2, None, None, leave_cpus_for_tasks=True)
+    assert two.cpus_each == 0.75 and two.threads_each == 1
+    assert CPU_LAPTOP.cpus - 2 * two.cpus_each >= tasks_reserve(2)
     with pytest.raises(ClusterError, match="while leaving 0.5 for data tasks"):
-        plan_workers(CPU_LAPTOP, 2, None, None, leave_cpus_for_tasks=True)
+        plan_workers(CPU_LAPTOP, 2, None, 1, leave_cpus_for_tasks=True)
+    assert plan_workers(GPU_NODE, None, None, None, leave_cpus_for_tasks=True).cpus_each == 4.0
 
 
 def test_actors_default_to_one_per_two_cpus_and_never_take_the_read_tasks_cpus():

@@ -15,9 +15,9 @@ import train_cifar
 from PIL import Image
 
 import _common
-from cvray.classification.augment import to_unit_float
 from cvray.classification.engine import DeviceDataset, evaluate
 from cvray.classification.runs import load_model, read_metrics
+from cvray.classification.transforms import to_unit_float
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
