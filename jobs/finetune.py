@@ -21,6 +21,7 @@ import _train_args
 import _common
 from cvray.classification.config import DATA_PATHS, FinetuneConfig
 from cvray.classification.models import ARCHS
+from cvray.errors import ConfigError
 
 SMOKE_TRAIN_SAMPLES = 128
 SMOKE_TEST_SAMPLES = 64
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "and input normalisation are used and its head is replaced")
     start.add_argument("--scratch", action="store_true",
                        help="the lab's baseline: the architecture from its default init, one parameter group")
-    start.add_argument("--compare", action="store_true",
+    hyper.add_argument("--compare", action="store_true",
                        help=f"run fine-tuned and from scratch (at {SCRATCH_LR_MULT:g}x lr) back to back, then "
                             "write one table and one picture of both")
     hyper.add_argument("--arch", choices=tuple(ARCHS), default=None,
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    if args.compare and args.scratch:
+        raise ConfigError("--compare already trains a from-scratch run next to the fine-tuned one: drop --scratch")
     fields = _train_args.train_config_fields(args)
     train_samples, test_samples, crop = args.train_samples, args.test_samples, args.crop_size
     if args.smoke_test:
@@ -130,9 +133,12 @@ def compare(config: FinetuneConfig, train) -> int:
     from cvray import storage
     from cvray.classification import compare as comparison
 
-    scratch = config.replace(scratch=True, lr=config.lr * SCRATCH_LR_MULT,
-                             name=f"{config.name}-scratch" if config.name else None)
     finetuned = train(config)
+    used = finetuned["config"]  # the same architecture and input pipeline, from the default init
+    scratch = config.replace(scratch=True, init_from=None, weights=None, lr=config.lr * SCRATCH_LR_MULT,
+                             name=f"{config.name}-scratch" if config.name else None, arch=used["arch"],
+                             crop_size=used["crop_size"], decode_size=used["decode_size"],
+                             normalization=used["normalization"])
     from_scratch = train(scratch)
     base = os.path.basename(finetuned["run_dir"].rstrip("/"))
     folder = storage.join(os.path.dirname(finetuned["run_dir"].rstrip("/")), f"{base}-vs-scratch")

@@ -16,7 +16,7 @@ import sys
 import _train_args
 
 import _common
-from cvray.classification.config import AUG_PRESETS, CifarTrainConfig, validate_names
+from cvray.classification.config import AUG_PRESETS, CIFAR10_CLASSES, CifarTrainConfig, validate_names
 from cvray.errors import ConfigError
 
 SMOKE_TRAIN_SAMPLES = 512
@@ -33,6 +33,16 @@ def aug_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def class_list(text: str) -> tuple[str, ...]:
+    """--classes: two or more distinct CIFAR-10 class names."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CIFAR10_CLASSES]
+    if unknown or len(set(names)) < 2 or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected two or more distinct CIFAR-10 classes ({','.join(CIFAR10_CLASSES)}), got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = CifarTrainConfig()
     p = _common.make_parser(__doc__.split("\n\n")[0])
@@ -46,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     hyper.add_argument("--aug", type=aug_list, default=d.aug,
                        help=f"comma-separated training augmentations, drawn per sample: {', '.join(AUG_PRESETS)} "
                             "(all = flip + color + crop)")
+    hyper.add_argument("--classes", type=class_list, default=None, metavar="C,C,...",
+                       help="train on these CIFAR-10 classes only, e.g. eight of them to pretrain for "
+                            "fine-tuning on the other two (default: all ten)")
     hyper.add_argument("--train-samples", type=_common.positive_int, default=None,
                        help="use the first N training images (default: all)")
     hyper.add_argument("--test-samples", type=_common.positive_int, default=None,
@@ -61,7 +74,8 @@ def config_from_args(args: argparse.Namespace) -> CifarTrainConfig:
         test_samples = test_samples or SMOKE_TEST_SAMPLES
         fields["epochs"] = fields["epochs"] or SMOKE_EPOCHS
     fields["epochs"] = fields["epochs"] or CifarTrainConfig.epochs
-    return CifarTrainConfig(**fields, aug=tuple(args.aug), train_samples=train_samples, test_samples=test_samples)
+    return CifarTrainConfig(**fields, aug=tuple(args.aug), train_samples=train_samples, test_samples=test_samples,
+                            classes=args.classes)
 
 
 def main(argv: list[str] | None = None) -> int:

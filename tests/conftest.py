@@ -3,12 +3,16 @@ CIFAR-format data."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -161,3 +165,29 @@ def two_node_cluster():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    gets: list[str]
+
+    def do_GET(self):
+        self.gets.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving the files a test puts in `.folder`; `.url` is its base
+    address and `.gets` the paths requested so far (downloads are tested without the internet)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = type("Handler", (_CountingHandler,), {"gets": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(folder=folder, url=f"http://127.0.0.1:{server.server_address[1]}", gets=handler.gets)
+    server.shutdown()
+    thread.join()

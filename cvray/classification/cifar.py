@@ -28,13 +28,11 @@ from cvray.classification.cifar_python import (
     check_labels,
     read_python_split,
 )
+from cvray.classification.config import CIFAR10_CLASSES
 from cvray.classification.engine import ImageClassData
 from cvray.downloads import download_archive
 from cvray.errors import DataError, first_line
 
-CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
@@ -230,7 +228,7 @@ def _read_folders(folder: str, split: str, limit: int | None, max_bad_share: flo
     order = np.random.default_rng(0).permutation(len(files))[:limit]  # classes interleaved
     threads = _LOCAL_THREADS if listing.is_local else _REMOTE_THREADS
     decoded = image_folders.decode_files(
-        [files[i] for i in order], listing.fs, _decode_pil, threads=threads, max_bad_share=max_bad_share,
+        [files[i] for i in order], listing.fs, _decode_one, threads=threads, max_bad_share=max_bad_share,
         what=f"files of {storage.join(folder, split)}",
     )
     images = np.stack(decoded.arrays) if decoded.arrays else np.empty((0, 3, SIDE, SIDE), np.uint8)
@@ -266,7 +264,7 @@ def _decode_chunk(blobs: list, out: np.ndarray, name_of: Callable[[int], str]) -
 
 
 def _decode_jpegs(blobs: list, out: np.ndarray) -> set[int]:
-    """Decode the 32x32 JPEGs among blobs with torchvision; the indices it filled."""
+    """Decode the 32x32 JPEGs among blobs with the fast decoder (if any); the indices it filled."""
     decode = _jpeg_decoder()
     jpegs = [j for j, blob in enumerate(blobs) if blob and blob[:2] == b"\xff\xd8"]
     if decode is None or not jpegs:
@@ -285,13 +283,30 @@ def _decode_jpegs(blobs: list, out: np.ndarray) -> set[int]:
 
 @functools.cache
 def _jpeg_decoder() -> Callable | None:
-    """torchvision's libjpeg-turbo decoder (same pixels as Pillow, ~2.5x faster on 32x32), or None
-    where a torchvision without image ops (deprecated since 0.29) is installed."""
+    """A batch JPEG decoder for 32x32 images (list of byte tensors -> list of (3, H, W) uint8), the
+    fastest one installed (benchmarks/image_decoders.py: same pixels as Pillow on CIFAR's JPEGs):
+    torchvision's libjpeg-turbo (3-4x Pillow batched; deprecated since torchvision 0.29), else
+    TorchCodec's, its successor (~3x Pillow; the `torchcodec` extra), else None: Pillow."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
+        pass
+    else:
+        return functools.partial(decode_jpeg, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    try:
+        from torchcodec.decoders import decode_jpeg as codec_jpeg
+    except (ImportError, OSError, RuntimeError):  # absent, or its native libraries missing
         return None
-    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    return lambda tensors: [codec_jpeg(t, mode="RGB") for t in tensors]
+
+
+def _decode_one(blob: bytes | None, name: str) -> np.ndarray:
+    """One file of the folders format -> (3, 32, 32) uint8: the fast JPEG decoder when it applies,
+    else Pillow (which also names what is wrong with a bad file)."""
+    out = np.empty((1, 3, SIDE, SIDE), dtype=np.uint8)
+    if blob and _decode_jpegs([blob], out):
+        return out[0]
+    return _decode_pil(blob, name)
 
 
 def _decode_pil(blob: bytes | None, name: str) -> np.ndarray:

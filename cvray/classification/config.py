@@ -13,6 +13,10 @@ from typing import Any, ClassVar
 from cvray.config import JsonConfig
 from cvray.errors import ConfigError
 
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+"""CIFAR-10's classes in label order."""
 AUG_PRESETS = ("none", "flip", "vflip", "crop", "brightness", "hue", "color", "all")
 """The lab's augmentation presets by name (cvray.classification.augment implements them)."""
 
@@ -86,12 +90,17 @@ class CifarTrainConfig(TrainConfig):
     """Use only the first N training images (None: all 50,000). --smoke-test sets it."""
     test_samples: int | None = None
     """Use only the first N test images (None: all 10,000)."""
+    classes: tuple[str, ...] | None = None
+    """Train on these CIFAR-10 classes only (None: all ten), e.g. eight of them to pretrain a model
+    that fine-tuning then adapts to the other two."""
     data_dir: str = "~/.cache/cvray/cifar10"
     """CIFAR-10 location: python batches, Parquet or image folders; downloaded when empty."""
 
     def default_name(self) -> str:
         aug = "+".join(self.aug)
         name = f"cifar10-resnet18-{aug}-bs{self.batch_size}-lr{self.lr:g}-{self.precision}-s{self.seed}"
+        if self.classes is not None:
+            name += f"-{len(self.classes)}classes"
         if self.train_samples is not None:
             name += f"-n{self.train_samples}"
         return name

@@ -53,7 +53,7 @@ class FinetuneRecipe(Recipe):
             raise ConfigError("--init-from and --weights both give starting weights: choose one")
         if config.data_path not in DATA_PATHS:
             raise ConfigError(f"unknown data path {config.data_path!r}; choose one of {', '.join(DATA_PATHS)}")
-        arch, normalization = config.arch or "resnet18", "imagenet"
+        arch, normalization = config.arch or "resnet18", config.normalization or "imagenet"
         if config.init_from:
             info = init_info(config.init_from)
             if config.arch is not None and config.arch != info["arch"]:
@@ -117,15 +117,16 @@ def init_info(path: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ the data
 
 
-def locate_data(data_dir: str) -> str:
+def locate_data(data_dir: str, *, default_dir: str = HOTDOG_DIR, url: str = HOTDOG_URL,
+                sha1: str = HOTDOG_SHA1) -> str:
     """The folder holding train/ and test/: `data_dir` itself, or the hotdog/ inside it. The
     default folder gets d2l's hotdog.zip (SHA-1 checked, file-locked) when it has neither."""
     for candidate in (data_dir, storage.join(data_dir, "hotdog")):
         if storage.is_dir(storage.join(candidate, "train")):
             return candidate
-    default = os.path.expanduser(HOTDOG_DIR)
+    default = os.path.abspath(os.path.expanduser(default_dir))
     if not storage.is_uri(data_dir) and os.path.abspath(os.path.expanduser(data_dir)) == default:
-        download_archive(default, url=HOTDOG_URL, algorithm="sha1", digest=HOTDOG_SHA1, member="hotdog",
+        download_archive(default, url=url, algorithm="sha1", digest=sha1, member="hotdog",
                          present=lambda: os.path.isdir(os.path.join(default, "hotdog", "train")),
                          what="hotdog.zip", hint="pass --data-dir with train/<class>/ and test/<class>/ folders")
         return os.path.join(default, "hotdog")

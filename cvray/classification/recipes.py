@@ -119,7 +119,8 @@ class CifarRecipe(Recipe):
     def load_data(self, config: CifarTrainConfig) -> ImageClassData:
         from cvray.classification.cifar import load_cifar10
 
-        return load_cifar10(config.data_dir, train_samples=config.train_samples, test_samples=config.test_samples)
+        return load_cifar10(config.data_dir, train_samples=config.train_samples, test_samples=config.test_samples,
+                            classes=config.classes)
 
     def train_transform(self, config: CifarTrainConfig) -> BatchTransform:
         return transforms.train_transform("cifar", aug=config.aug)

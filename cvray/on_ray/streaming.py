@@ -32,7 +32,7 @@ CHECK_SIZE = 32
 """The validation pass decodes at this shorter side (JPEG draft mode: a fraction of full cost)."""
 SHUFFLE_BUFFER_BATCHES = 4
 _DECODED = pa.schema([("pixels", pa.binary()), ("height", pa.int32()), ("width", pa.int32()),
-                      ("label", pa.int64())])
+                      ("label", pa.int64()), ("name", pa.string())])
 
 
 def quiet_ray_data(verbose: bool = False) -> None:
@@ -72,7 +72,7 @@ def _decode_batch(batch: pa.Table, *, fs, size: int) -> pa.Table:
         except Exception:  # noqa: BLE001
             continue
         rows.append({"pixels": array.tobytes(), "height": array.shape[0], "width": array.shape[1],
-                     "label": row["label"]})
+                     "label": row["label"], "name": row["name"]})
     return pa.Table.from_pylist(rows, schema=_DECODED)
 
 

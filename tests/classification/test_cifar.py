@@ -5,9 +5,7 @@ Each test writes tiny real files (40 train / 20 test random 32x32 images) in tmp
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
@@ -378,33 +376,15 @@ def test_class_subsets_renumber_labels(tmp_path, splits):
 
 # ----------------------------------------------------------------------------- downloads
 
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    gets: list[str]
-
-    def do_GET(self):
-        self.gets.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def archive_server(tmp_path, splits):
+def archive_server(tmp_path, splits, file_server):
     """A 127.0.0.1 HTTP server holding a real cifar-10-python.tar.gz built from the tiny splits."""
-    served = tmp_path / "served"
+    served = file_server.folder
     write_python(tmp_path / "src", splits)
-    served.mkdir()
     with tarfile.open(served / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    handler = type("Handler", (_CountingHandler,), {"gets": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     md5 = hashlib.md5((served / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
-    yield f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz", md5, handler.gets
-    server.shutdown()
-    thread.join()
+    return f"{file_server.url}/cifar-10-python.tar.gz", md5, file_server.gets
 
 
 def test_download_failure_is_one_line_and_leaves_nothing(tmp_path):
