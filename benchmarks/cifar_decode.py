@@ -26,7 +26,7 @@ from PIL import Image
 
 import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
 from cvray.classification import cifar
-from cvray.classification.engine import ImageClassData
+from cvray.classification.datasets import ImageClassData
 
 
 def best_of(fn, repeats: int = 3) -> float:

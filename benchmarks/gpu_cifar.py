@@ -30,7 +30,8 @@ import torch.multiprocessing as mp
 import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
 from cvray.classification.augment import BatchAugment
 from cvray.classification.config import CifarTrainConfig
-from cvray.classification.engine import DeviceDataset, train_one_epoch, world
+from cvray.classification.datasets import DeviceDataset, world
+from cvray.classification.engine import train_one_epoch
 from cvray.classification.metrics import summarize
 from cvray.classification.models import d2l_resnet18
 from cvray.classification.recipes import CifarRecipe

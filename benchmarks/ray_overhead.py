@@ -27,7 +27,8 @@ import torch
 import _bootstrap  # noqa: F401 - first: puts the repository root on sys.path
 from _bootstrap import REPO_ROOT
 from cvray.classification.augment import BatchAugment
-from cvray.classification.engine import DeviceDataset, train_one_epoch
+from cvray.classification.datasets import DeviceDataset
+from cvray.classification.engine import train_one_epoch
 from cvray.classification.models import d2l_resnet18
 
 

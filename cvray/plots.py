@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cvray import storage
 
@@ -23,6 +24,11 @@ def new_figure(width_in: float, height_in: float, dpi: int = 120) -> tuple[Figur
     fig = Figure(figsize=(width_in, height_in), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
+
+
+def integer_epochs(ax: Axes) -> None:
+    """Epoch axes show whole epochs only."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def figure_png(fig: Figure, ax: Axes, title: str = "") -> bytes:
@@ -44,6 +50,7 @@ def curves_png(history: Sequence[Mapping[str, Any]], title: str = "") -> bytes:
     ax.plot(epochs, [r["train_acc"] for r in rows], "m--", label="train acc")
     ax.plot(epochs, [r["test_acc"] for r in rows], "g-.", label="test acc")
     ax.set_xlabel("epoch")
+    integer_epochs(ax)
     ax.set_xlim(1, max(max(epochs), 2))
     ax.set_ylim(0, max(1.0, max(r["train_loss"] for r in rows) * 1.05))
     ax.grid(True, alpha=0.3)

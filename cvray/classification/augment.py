@@ -59,19 +59,16 @@ class BatchAugment:
     def __repr__(self) -> str:
         return f"BatchAugment(names={self.names}, out_size={self.out_size})"
 
-    def __call__(
-        self, images: torch.Tensor, generator: torch.Generator | None = None, sizes: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def __call__(self, images, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) uint8 (or float in [0, 1]) -> float32 (B, 3, H', W') in [0, 1], same device.
 
         All random numbers come from `generator` (it must live on the images' device; None: torch's
-        default generator), so a seeded generator reproduces a batch exactly. Every image must fill
-        H x W (sizes None: the CIFAR recipe's data); images of mixed sizes take cvray.classification.
+        default generator), so a seeded generator reproduces a batch exactly. A list of (3, H, W)
+        images of one size is stacked first; images of mixed sizes take cvray.classification.
         transforms' crop presets.
         """
+        images = stack_one_size(images, "BatchAugment")
         _check_images(images)
-        if sizes is not None:
-            raise DataError("BatchAugment needs images of one size; use the 'crop' transform preset for mixed sizes")
         out_size = self.out_size or tuple(images.shape[-2:])
         x = images
         for step in self._steps:
@@ -97,6 +94,15 @@ class BatchAugment:
 
 # "all" is the lab's Compose([RandomHorizontalFlip(), color_aug, shape_aug]); "none" does nothing.
 _EXPANSION = {"all": ("flip", "color", "crop"), "none": ()}
+
+
+def stack_one_size(images, what: str) -> torch.Tensor:
+    """A list of (3, H, W) images of one size as one (B, 3, H, W) tensor; a tensor as it is."""
+    if not isinstance(images, list):
+        return images
+    if len({tuple(im.shape) for im in images}) > 1:
+        raise DataError(f"{what} needs images of one size; use the 'crop' transform preset for mixed sizes")
+    return torch.stack(images)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -333,21 +339,26 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 
 def _jitter_order(generator: torch.Generator | None) -> list[int]:
-    """A permutation of range(4) chosen by `generator` without a device sync.
+    """A permutation of range(4) chosen by `generator` without a device sync (see host_generator):
+    the order decides which kernels to launch, so it must be known on the host."""
+    return torch.randperm(4, generator=host_generator(generator)).tolist()
 
-    The order decides which kernels to launch, so it must be known on the host. Reading 4 numbers
-    back from a CUDA tensor would stall until the GPU finished all queued work (the previous
-    training step). A CUDA generator's state is (seed, offset) kept on the host, and the factor
-    draws just advanced the offset, so it seeds a host-side permutation: reproducible for a seeded
-    generator, new for every batch, no sync. CPU generators draw the permutation directly.
+
+def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A CPU generator for host-side draws (kernel choices, crop boxes) that `generator` decides.
+
+    Reading random numbers back from a CUDA tensor would stall until the GPU finished all queued
+    work (the previous training step). A CUDA generator's state is (seed, offset) kept on the host,
+    so it seeds a host generator: reproducible for a seeded generator, no sync. The CUDA generator
+    is then advanced by one queued draw, so the next call gets a new seed. CPU generators (and
+    None, torch's default CPU generator) are host-side already and returned as they are.
     """
-    if generator is None:
-        return torch.randperm(4).tolist()  # torch's default CPU generator: host-side already
-    if generator.device.type == "cpu":
-        return torch.randperm(4, generator=generator).tolist()
+    if generator is None or generator.device.type == "cpu":
+        return generator
     state = generator.get_state().numpy().tobytes()  # host copy of (seed, offset): no device work
+    torch.empty(1, device=generator.device).uniform_(generator=generator)  # queued, not waited for
     seed = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little")
-    return torch.randperm(4, generator=torch.Generator().manual_seed(seed)).tolist()
+    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------- torchvision presets (PIL)

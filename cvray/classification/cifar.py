@@ -29,7 +29,7 @@ from cvray.classification.cifar_python import (
     read_python_split,
 )
 from cvray.classification.config import CIFAR10_CLASSES
-from cvray.classification.engine import ImageClassData
+from cvray.classification.datasets import ImageClassData
 from cvray.downloads import download_archive
 from cvray.errors import DataError, first_line
 

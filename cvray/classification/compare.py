@@ -27,6 +27,7 @@ def comparison_png(histories: Mapping[str, list], title: str = "") -> bytes:
         ax.plot(epochs, [r["train_loss"] for r in rows], STYLES[0], color=color, label=f"{label}: train loss")
         ax.plot(epochs, [r["test_acc"] for r in rows], STYLES[2], color=color, label=f"{label}: test acc")
     ax.set_xlabel("epoch")
+    plots.integer_epochs(ax)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=7)

@@ -22,7 +22,7 @@ from torch import nn
 from cvray import storage
 from cvray.classification import image_folders, models
 from cvray.classification.config import DATA_PATHS, FinetuneConfig
-from cvray.classification.engine import ImageClassData, RaggedImages
+from cvray.classification.datasets import ImageClassData, RaggedImages
 from cvray.classification.recipes import Recipe, head_and_body_groups
 from cvray.classification.transforms import EVAL_RESIZE_PER_CROP
 from cvray.downloads import download_archive

@@ -236,16 +236,16 @@ def decode_batch(batch: pa.Table, *, src: Folder, dst: Folder, spec: DecodeSpec,
 
 
 def predict_arrays(model, transform, arrays: list[np.ndarray], device) -> np.ndarray:
-    """Class probabilities (B, classes) float32 of (h, w, 3) uint8 images, sizes may differ: one
-    zero-padded batch with its sizes (RaggedImages), the run's transform(images, None, sizes), the
+    """Class probabilities (B, classes) float32 of (h, w, 3) uint8 images, sizes may differ: the
+    images moved to the device in one copy (RaggedImages), the run's transform of their views, the
     model in fp32, softmax."""
     import torch
 
-    from cvray.classification.engine import RaggedImages
+    from cvray.classification.datasets import RaggedImages
 
-    images, sizes = RaggedImages.from_arrays(arrays).gather(torch.arange(len(arrays)))
+    ragged = RaggedImages.from_arrays(arrays).to(device)
     with torch.inference_mode():
-        x = transform(images.to(device), None, sizes.to(device))
+        x = transform(ragged.views(range(len(ragged))), None)
         return torch.softmax(model(x).float(), dim=1).cpu().numpy()
 
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from cvray.classification import models, transforms
 from cvray.classification.config import CifarTrainConfig, TrainConfig
-from cvray.classification.engine import BatchTransform, ImageClassData
+from cvray.classification.datasets import ImageClassData
+from cvray.classification.engine import BatchTransform
 from cvray.errors import ConfigError
 
 LAB_ADAM_EPS = 1e-8  # torch's default, which the lab's Adam uses

@@ -15,18 +15,8 @@ import torch
 from torch import nn
 
 from cvray.classification.config import TrainConfig
-from cvray.classification.engine import (
-    EpochSource,
-    ImageClassData,
-    InMemorySource,
-    all_reduce_sums,
-    epoch_seed,
-    evaluate,
-    train_one_epoch,
-    unwrap,
-    uses_channels_last,
-    world,
-)
+from cvray.classification.datasets import EpochSource, ImageClassData, InMemorySource, epoch_seed, world
+from cvray.classification.engine import all_reduce_sums, evaluate, train_one_epoch, unwrap, uses_channels_last
 from cvray.classification.metrics import EpochMetrics, ProgressSums
 from cvray.classification.recipes import Recipe
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from cvray.classification.engine import Batch, RaggedImages, epoch_seed, world
+from cvray.classification.datasets import Batch, RaggedImages, epoch_seed, world
 from cvray.classification.finetune import FolderFiles, decode_to_array
 from cvray.classification.image_folders import check_bad_share, read_file
 from cvray.errors import first_line
@@ -136,7 +136,6 @@ class StreamSource:
             widths = table.column("width").to_pylist()
             arrays = [np.frombuffer(p, np.uint8).reshape(h, w, 3)
                       for p, h, w in zip(table.column("pixels").to_pylist(), heights, widths, strict=True)]
-            ragged = RaggedImages.from_arrays(arrays)
-            images, sizes = ragged.gather(torch.arange(len(ragged)))
+            ragged = RaggedImages.from_arrays(arrays).to(self.device, non_blocking=True)  # one copy per batch
             labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64).to(self.device)
-            yield images.to(self.device, non_blocking=True), labels, sizes.to(self.device, non_blocking=True)
+            yield ragged.views(range(len(ragged))), labels

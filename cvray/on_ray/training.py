@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from cvray import console
 from cvray.classification import runs
 from cvray.classification.config import TrainConfig
-from cvray.classification.engine import ImageClassData
+from cvray.classification.datasets import ImageClassData
 from cvray.classification.metrics import ProgressSums, RunSummary
 from cvray.classification.recipes import Recipe
 from cvray.classification.worker import WorkerRun

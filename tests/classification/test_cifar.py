@@ -22,7 +22,7 @@ from PIL import Image
 
 from cvray.classification import cifar
 from cvray.classification.cifar import CIFAR10_CLASSES, detect_format, download_cifar10, load_cifar10
-from cvray.classification.engine import ImageClassData
+from cvray.classification.datasets import ImageClassData
 from cvray.errors import DataError
 
 N_TRAIN, N_TEST = 40, 20

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from cvray.classification.engine import DeviceDataset, all_reduce_sums, evaluate, shard_indices, train_one_epoch
+from cvray.classification.datasets import DeviceDataset, shard_indices
+from cvray.classification.engine import all_reduce_sums, evaluate, train_one_epoch
 from cvray.classification.models import d2l_resnet18
 from cvray.classification.recipes import lab_adam
 from cvray.classification.transforms import to_unit_float as to_float

@@ -14,7 +14,8 @@ from torch import nn
 
 from cvray.classification import runs
 from cvray.classification.config import FinetuneConfig
-from cvray.classification.engine import DeviceDataset, RaggedImages, train_one_epoch
+from cvray.classification.datasets import DeviceDataset, RaggedImages
+from cvray.classification.engine import train_one_epoch
 from cvray.classification.finetune import FinetuneRecipe, load_image_folder
 from cvray.classification.models import d2l_resnet18
 from cvray.classification.transforms import CropEval

@@ -102,7 +102,7 @@ def _direct(run, root, relpaths, size_for) -> np.ndarray:
         img, _ = decode_image_at((root / rel).read_bytes(), size_for, name=rel)
         x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].contiguous()
         with torch.no_grad():
-            out.append(torch.softmax(model(transform(x, None, None)), dim=1)[0].numpy())
+            out.append(torch.softmax(model(transform(x, None)), dim=1)[0].numpy())
     return np.stack(out)
 
 

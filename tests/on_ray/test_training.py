@@ -15,7 +15,8 @@ import train_cifar
 from PIL import Image
 
 import _common
-from cvray.classification.engine import DeviceDataset, evaluate
+from cvray.classification.datasets import DeviceDataset
+from cvray.classification.engine import evaluate
 from cvray.classification.runs import load_model, read_metrics
 from cvray.classification.transforms import to_unit_float
 
