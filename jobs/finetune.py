@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "size: 224, or 32 for d2l_resnet18)")
     hyper.add_argument("--decode-size", type=_common.positive_int, default=None,
                        help="decode every image once with its shorter side at this size "
-                            "(default: the test resize, round(crop * 256 / 224))")
+                            "(default: round(crop * 288 / 224), 288 for 224 crops; docs/finetune.md measures it)")
     hyper.add_argument("--train-samples", type=_common.positive_int, default=None,
                        help="use a fixed subset of N training images (default: all)")
     hyper.add_argument("--test-samples", type=_common.positive_int, default=None,

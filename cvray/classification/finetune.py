@@ -24,7 +24,6 @@ from cvray.classification import image_folders, models
 from cvray.classification.config import DATA_PATHS, FinetuneConfig
 from cvray.classification.datasets import ImageClassData, RaggedImages
 from cvray.classification.recipes import Recipe, head_and_body_groups
-from cvray.classification.transforms import EVAL_RESIZE_PER_CROP
 from cvray.downloads import download_archive
 from cvray.errors import ConfigError, DataError
 from cvray.images import decode_image_at
@@ -63,7 +62,7 @@ class FinetuneRecipe(Recipe):
             normalization = info["transform"].get("normalization", "none")  # CIFAR runs: [0, 1] input
         models.input_size(arch)  # ConfigError for an unknown arch
         crop = config.crop_size or models.input_size(arch)
-        decode = config.decode_size or round(crop * EVAL_RESIZE_PER_CROP)
+        decode = config.decode_size or default_decode_size(crop)
         if decode < crop:
             raise ConfigError(f"--decode-size {decode} is smaller than --crop-size {crop}")
         return config.replace(arch=arch, crop_size=crop, decode_size=decode, normalization=normalization)
@@ -181,12 +180,23 @@ def decode_to_array(size: int):
     return decode
 
 
+DECODE_PER_CROP = 288 / 224
+"""Default decode size (shorter side) per crop side: 288 px for 224 crops. Measured by
+benchmarks/finetune_transforms.py against the lab's PIL path on full-resolution photos: 256 -> 288
+gains 3.6 dB on the eval input and 0.6 dB on training crops for 1.27x the bytes; beyond 288 the
+gains are steady (about 2.5 dB per doubling of bytes) with no knee (docs/finetune.md)."""
+
+
+def default_decode_size(crop: int) -> int:
+    return round(crop * DECODE_PER_CROP)
+
+
 def load_image_folder(config: FinetuneConfig) -> ImageClassData:
     """Decode a labelled folder once, every image with its shorter side at decode_size (Pillow,
     draft mode for big JPEGs, EXIF orientation, any mode): ragged uint8 images in host memory.
     Unreadable files are skipped and listed, up to max_bad_share of a split."""
     files = list_folder(config)
-    decode = decode_to_array(config.decode_size or 256)
+    decode = decode_to_array(config.decode_size or default_decode_size(config.crop_size or 224))
     threads = min(DECODE_THREADS, os.cpu_count() or 1)
     parts, skipped = {}, []
     for split in ("train", "test"):
@@ -203,7 +213,7 @@ def load_image_folder(config: FinetuneConfig) -> ImageClassData:
 
 def estimated_bytes(config: FinetuneConfig, num_files: int) -> int:
     """Decoded size of `num_files` images at decode_size, assuming 4:3 photos (before decoding)."""
-    side = config.decode_size or 256
+    side = config.decode_size or default_decode_size(config.crop_size or 224)
     return int(num_files * 3 * side * side * 4 / 3)
 
 

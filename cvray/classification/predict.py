@@ -110,8 +110,9 @@ class DecodeSpec:
     get it without importing torch).
 
     mode "exact": `size` x `size` whatever the aspect ("cifar": the model takes 32x32);
-    mode "short_side": the shorter side becomes `size`, aspect kept ("crop": R = round(C * 256 /
-    224), which the batch transform then resizes to R x R and centre-crops to C)."""
+    mode "short_side": the shorter side becomes `size`, aspect kept ("crop": the run's decode size,
+    as its test images were decoded; the batch transform then resizes to R x R and centre-crops to
+    C; runs that recorded none: R = round(C * 256 / 224))."""
 
     mode: str
     size: int
@@ -125,14 +126,14 @@ class DecodeSpec:
         return self.size, max(1, round(width * self.size / height))
 
 
-def decode_spec(transform: dict[str, Any]) -> DecodeSpec:
-    """The DecodeSpec of a run's transform (model.pt's "transform"); ConfigError for an unknown
-    preset or a bad crop size (what eval_transform refuses)."""
+def decode_spec(transform: dict[str, Any], decode_size: int | None = None) -> DecodeSpec:
+    """The DecodeSpec of a run's transform (model.pt's "transform" and "decode_size"); ConfigError
+    for an unknown preset or a bad crop size (what eval_transform refuses)."""
     from cvray.classification.transforms import CropEval, eval_transform
 
     batch_transform = eval_transform(**transform)
     if isinstance(batch_transform, CropEval):
-        return DecodeSpec("short_side", batch_transform.resize)
+        return DecodeSpec("short_side", int(decode_size or batch_transform.resize))
     if transform.get("preset") == "cifar":
         return DecodeSpec("exact", CIFAR_SIZE)
     raise ConfigError(f"no decode size known for the transform {transform}")  # a preset added later
@@ -176,7 +177,8 @@ def open_run(run: str) -> RunModel:
     if not classes or len(set(classes)) != len(classes):
         raise DataError(f"{path} is not a cvray model file (no class names, or repeated ones)")
     return RunModel(path=path, sha1=hashlib.sha1(data).hexdigest(), classes=classes,
-                    transform=dict(info["transform"]), arch=str(info["arch"]), spec=decode_spec(info["transform"]))
+                    transform=dict(info["transform"]), arch=str(info["arch"]),
+                    spec=decode_spec(info["transform"], info.get("decode_size")))
 
 
 def check_run_config(config: PredictConfig, src: Folder, dst: Folder, model: RunModel, has_outputs: bool) -> None:

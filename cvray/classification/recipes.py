@@ -97,7 +97,9 @@ class Recipe:
 
     def model_info(self, config: TrainConfig) -> dict[str, Any]:
         """What model.pt records to rebuild the model and feed it (cvray.classification.runs.load_model)."""
-        return {"arch": self.arch(config), "transform": self.transform(config)}
+        info = {"arch": self.arch(config), "transform": self.transform(config)}
+        decode_size = getattr(config, "decode_size", None)  # images decoded once at this shorter side
+        return info if decode_size is None else {**info, "decode_size": int(decode_size)}
 
     def config_from_dict(self, data: dict[str, Any]) -> TrainConfig:
         return self.config_class.from_dict(data)

@@ -35,7 +35,7 @@ from cvray.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("model", "config", "classes", "epoch", "recipe", "arch", "transform")
+MODEL_KEYS = ("model", "config", "classes", "epoch", "recipe", "arch", "transform", "decode_size")
 
 
 def run_dir(config: TrainConfig) -> str:
@@ -187,9 +187,10 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
     """Load a run's final model for evaluation or prediction.
 
     `path` is a run folder or its model.pt (local or URI). Returns (model in eval mode on
-    `device`, info) where info holds "config", "classes", "epoch", "recipe", "arch" and
+    `device`, info) where info holds "config", "classes", "epoch", "recipe", "arch",
     "transform": the input the model expects, as keyword arguments of cvray.classification.
-    transforms.eval_transform (the CIFAR lab's: {"preset": "cifar"}, 32x32 floats in [0, 1]).
+    transforms.eval_transform (the CIFAR lab's: {"preset": "cifar"}, 32x32 floats in [0, 1]), and
+    for runs that decoded photos once, "decode_size" (their shorter side, px).
     """
     from cvray.classification.models import build_model
 
@@ -207,4 +208,4 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
     except Exception as exc:  # unpickling / key mismatches: say which file
         raise DataError(f"{path} is not a cvray model file ({first_line(exc)})") from None
     model.to(device).eval()
-    return model, {k: payload[k] for k in MODEL_KEYS if k != "model"}
+    return model, {k: payload[k] for k in MODEL_KEYS if k != "model" and k in payload}

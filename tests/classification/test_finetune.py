@@ -137,7 +137,7 @@ def test_parameter_groups_carry_lr_and_head_lr_and_the_head_has_the_class_count(
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     config = RECIPE.resolve(FinetuneConfig(weights=str(weights)))
     model = RECIPE.build_model(config, num_classes=3)
-    assert model.fc.out_features == 3 and config.crop_size == 224 and config.decode_size == 256
+    assert model.fc.out_features == 3 and config.crop_size == 224 and config.decode_size == 288
     assert config.normalization == "imagenet"
     backbone = torch.load(weights, weights_only=True)
     torch.testing.assert_close(model.conv1.weight, backbone["conv1.weight"])  # the body is the file's
@@ -185,11 +185,11 @@ def test_init_from_a_run_keeps_its_weights_but_the_head_and_refuses_another_arch
 def test_folder_data_decoded_once_at_the_shorter_side_with_bad_files_listed(tiny_folder):
     config = RECIPE.resolve(FinetuneConfig(data_dir=str(tiny_folder), scratch=True, crop_size=64))
     data = load_image_folder(config)
-    assert data.classes == ["bright", "dark"] and config.decode_size == 73
+    assert data.classes == ["bright", "dark"] and config.decode_size == 82  # round(64 * 288 / 224)
     assert isinstance(data.train_images, RaggedImages) and len(data.train_images) == 64
     assert len(data.test_images) == 32
     sizes = data.train_images.sizes
-    assert (sizes.min(dim=1).values == 73).all()  # every image: shorter side 73, aspect kept
+    assert (sizes.min(dim=1).values == 82).all()  # every image: shorter side 82, aspect kept
     assert sorted(os.path.basename(name) for name, _ in data.skipped) == ["corrupt.jpg", "notes.txt"]
     assert data.train_labels.bincount().tolist() == [32, 32]
 

@@ -50,7 +50,7 @@ def test_two_workers_hold_the_folder_in_memory_and_resume_by_name(ray_local, tin
     check_run(tmp_path / "mem", 2)
     assert read_metrics(str(tmp_path / "mem"))[0] == first[0]
     config = json.loads((tmp_path / "mem" / "config.json").read_text())
-    assert config["recipe"] == "finetune" and config["decode_size"] == 73 and config["lr"] == 5e-4
+    assert config["recipe"] == "finetune" and config["decode_size"] == 82 and config["lr"] == 5e-4
     # predict.py with the trained run over the test split reproduces the run's test accuracy: the
     # same decode size and evaluation transform, read from model.pt.
     assert _common.run(predict.main, ["--run", str(tmp_path / "mem"), "--input", str(tiny_folder / "test"),

@@ -74,7 +74,7 @@ def cifar_run(tmp_path_factory, tiny_cifar):
 
 @pytest.fixture(scope="module")
 def crop_run(tmp_path_factory):
-    """A hand-written model.pt: torchvision ResNet-18, 3 classes, the crop preset (32, ImageNet)."""
+    """A hand-written model.pt: torchvision ResNet-18, 3 classes, the crop preset (32, ImageNet), decoded at 41."""
     from cvray.classification.models import build_model
 
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def crop_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs") / "finetune"
     runs.save_model(str(folder), {
         "model": model.state_dict(), "classes": ["hotdog", "not-hotdog", "other"], "arch": "resnet18",
-        "transform": {"preset": "crop", "crop_size": 32, "normalization": "imagenet"},
+        "transform": {"preset": "crop", "crop_size": 32, "normalization": "imagenet"}, "decode_size": 41,
         "config": {}, "epoch": 1, "recipe": "finetune",
     })
     return folder
@@ -196,14 +196,14 @@ def test_crop_preset_run_on_an_unlabelled_folder_matches_the_model(ray_local, tm
     classes, probs = _probabilities(table)
     assert classes == ["hotdog", "not-hotdog", "other"]
 
-    def short_side_37(w, h):  # R = round(32 * 256 / 224) = 37 on the shorter side, aspect kept
-        return (round(h * 37 / w), 37) if w <= h else (37, round(w * 37 / h))
+    def short_side_41(w, h):  # the run's decode size, round(32 * 288 / 224) = 41, aspect kept
+        return (round(h * 41 / w), 41) if w <= h else (41, round(w * 41 / h))
 
-    direct = _direct(crop_run, inp, table.column("relpath").to_pylist(), short_side_37)
+    direct = _direct(crop_run, inp, table.column("relpath").to_pylist(), short_side_41)
     np.testing.assert_allclose(probs, direct, atol=1e-5)
     manifest = {r["relpath"]: r for r in pq.read_table(out / "_cvray/manifest.parquet").to_pylist()}
-    assert (manifest["sub/w.webp"]["width"], manifest["sub/w.webp"]["height"]) == (120, 37)
-    assert (manifest["y.png"]["width"], manifest["y.png"]["height"]) == (37, 69)
+    assert (manifest["sub/w.webp"]["width"], manifest["sub/w.webp"]["height"]) == (133, 41)  # 120x37 decoded at 41
+    assert (manifest["y.png"]["width"], manifest["y.png"]["height"]) == (41, 77)  # already 41 on its shorter side
 
 
 # ------------------------------------------------------------------ no Ray needed
@@ -237,7 +237,8 @@ def test_decode_sizes_follow_the_run_transform():
     cifar = predict.decode_spec({"preset": "cifar"})
     assert cifar.size_for(640, 480) == (32, 32) and cifar.size_for(7, 300) == (32, 32)
     crop = predict.decode_spec({"preset": "crop", "crop_size": 224, "normalization": "imagenet"})
-    assert crop == predict.DecodeSpec("short_side", 256)
+    assert crop == predict.DecodeSpec("short_side", 256)  # runs that recorded no decode size: R
+    assert predict.decode_spec({"preset": "crop", "crop_size": 224, "normalization": "imagenet"}, 288).size == 288
     assert crop.size_for(640, 480) == (256, 341) and crop.size_for(480, 640) == (341, 256)
     assert crop.size_for(100, 100) == (256, 256)  # small images are enlarged: the crop needs R x R
     with pytest.raises(Exception, match="unknown transform preset"):
