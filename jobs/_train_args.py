@@ -48,6 +48,9 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: TrainConfig, *, da
     hyper.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                        help="bf16: bf16 autocast + channels_last on CUDA (CPU runs fp32); fp32: the lab's numerics")
     hyper.add_argument("--seed", type=int, default=d.seed, help="model init and per-epoch shuffles")
+    hyper.add_argument("--val-share", type=float, default=d.val_share,
+                       help="hold this share of the training images out as a validation set (the same images "
+                            "whatever --seed); its accuracy is reported as val_acc (sweeps select on it)")
     hyper.add_argument("--smoke-test", action="store_true", help=smoke_help)
     return where, hyper
 
@@ -56,6 +59,7 @@ def train_config_fields(args: argparse.Namespace) -> dict:
     """The TrainConfig fields the shared flags set (epochs stays None when not given)."""
     return {
         "batch_size": args.batch_size, "lr": args.lr, "precision": args.precision, "seed": args.seed,
+        "val_share": args.val_share,
         "epochs": args.epochs, "num_workers": args.num_workers, "use_gpu": args.use_gpu,
         "cpus_per_worker": args.cpus_per_worker, "data_dir": args.data_dir, "storage_path": args.storage_path,
         "name": args.name, "max_failures": args.max_failures,

@@ -44,6 +44,9 @@ class TrainConfig(JsonConfig):
     """bf16: bf16 autocast + channels_last on CUDA (CPU always runs fp32); fp32: the lab's numerics."""
     seed: int = 0
     """Seeds model init and the per-epoch shuffles; the same seed gives the same shards."""
+    val_share: float = 0.0
+    """Share of the training images held out for validation (the same ones whatever the seed);
+    sweeps select on it (default 0.1 there), the test set stays unseen. 0: train on all."""
 
     # --- may change between a run and its resumption ---
     epochs: int = 10
@@ -71,6 +74,10 @@ class TrainConfig(JsonConfig):
         "epochs", "num_workers", "use_gpu", "cpus_per_worker", "data_dir", "storage_path",
         "name", "max_failures", "eval_batch_size", "progress_every_s",
     )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_share < 0.5:
+            raise ConfigError(f"--val-share must be in [0, 0.5), got {self.val_share}")
 
     def hyperparameters(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it resumes."""

@@ -94,9 +94,38 @@ class RaggedImages:
         """The images at `indices` (host ints: slicing needs no device sync), each a (3, h, w) view."""
         return [self.image(i) for i in indices]
 
+    def select(self, indices: Sequence[int]) -> RaggedImages:
+        """A new RaggedImages holding copies of the images at `indices`, in that order."""
+        chosen = list(indices)
+        parts = [self.image(i).reshape(-1) for i in chosen]
+        flat = torch.cat(parts) if parts else self.flat[:0].clone()
+        sizes = self.sizes.index_select(0, torch.tensor(chosen, dtype=torch.int64, device=self.sizes.device))
+        return RaggedImages(flat, sizes)
+
 
 Images = torch.Tensor | RaggedImages
 """A dense uint8 (N, 3, H, W) tensor (every image one size, e.g. CIFAR) or RaggedImages."""
+
+VALIDATION_SEED = 0x5EED
+"""The hold-out draw's seed: fixed, so every trial of a sweep (whatever its --seed) holds out the
+same images."""
+
+
+def validation_split(num_samples: int, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), sorted: `share` of the samples (at least one when
+    share > 0) held out by a fixed-seed permutation."""
+    if share <= 0:
+        return torch.arange(num_samples), torch.zeros(0, dtype=torch.int64)
+    permutation = torch.randperm(num_samples, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held = min(max(1, round(num_samples * share)), num_samples - 1)
+    return permutation[held:].sort().values, permutation[:held].sort().values
+
+
+def take(images: Images, indices: torch.Tensor) -> Images:
+    """The images at `indices` (host tensor), of either kind."""
+    if isinstance(images, RaggedImages):
+        return images.select(indices.tolist())
+    return images.index_select(0, indices)
 
 
 @dataclass
@@ -191,15 +220,24 @@ class EpochSource(Protocol):
     def test_batches(self, batch_size: int) -> Iterable[Batch]:
         """This worker's share of the test set (all workers together: each test image once)."""
 
+    def val_batches(self, batch_size: int) -> Iterable[Batch]:
+        """This worker's share of the validation set held out of the training data (none: empty)."""
+
 
 class InMemorySource:
-    """Both splits held on the worker's device; each epoch a disjoint shard of a fresh permutation."""
+    """The splits held on the worker's device; each epoch a disjoint shard of a fresh permutation.
+    val_share > 0 holds that share of the training images out (validation_split) for validation."""
 
-    def __init__(self, data: ImageClassData, device: torch.device, seed: int):
+    def __init__(self, data: ImageClassData, device: torch.device, seed: int, val_share: float = 0.0):
         self.classes = list(data.classes)
         self.rank, self.world_size = world()
         self.seed = seed
-        self.train = DeviceDataset.to_device(data.train_images, data.train_labels, device)
+        train_images, train_labels, self.val = data.train_images, data.train_labels, None
+        if val_share > 0:
+            keep, held = validation_split(len(train_labels), val_share)
+            self.val = DeviceDataset.to_device(take(train_images, held), train_labels.index_select(0, held), device)
+            train_images, train_labels = take(train_images, keep), train_labels.index_select(0, keep)
+        self.train = DeviceDataset.to_device(train_images, train_labels, device)
         self.test = DeviceDataset.to_device(data.test_images, data.test_labels, device)
 
     def train_batches(self, epoch: int, batch_size: int) -> tuple[Iterable[Batch], int]:
@@ -208,3 +246,8 @@ class InMemorySource:
 
     def test_batches(self, batch_size: int) -> Iterable[Batch]:
         return self.test.batches(self.test.eval_shard(self.rank, self.world_size), batch_size)
+
+    def val_batches(self, batch_size: int) -> Iterable[Batch]:
+        if self.val is None:
+            return iter(())
+        return self.val.batches(self.val.eval_shard(self.rank, self.world_size), batch_size)

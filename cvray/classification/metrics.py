@@ -34,6 +34,7 @@ class EpochMetrics(TypedDict):
     train_loss: float  # mean per-sample cross-entropy over the epoch's training samples
     train_acc: float
     test_acc: float
+    val_acc: float  # on the share of the training data held out (--val-share); NaN when none is
     examples_per_sec: float  # training samples / the slowest worker's training seconds
     train_examples: int  # over all workers
     train_seconds: float  # the slowest worker's
@@ -41,6 +42,11 @@ class EpochMetrics(TypedDict):
 
 
 METRIC_COLUMNS: tuple[str, ...] = tuple(EpochMetrics.__annotations__)
+
+
+def epoch_row(values: dict) -> EpochMetrics:
+    """An EpochMetrics from a stored row; rows from before a column existed get NaN there."""
+    return EpochMetrics(**{c: values.get(c, float("nan")) for c in METRIC_COLUMNS})
 
 
 class RunSummary(TypedDict, total=False):

@@ -30,7 +30,7 @@ import torch
 
 from cvray import plots, storage
 from cvray.classification.config import TrainConfig
-from cvray.classification.metrics import METRIC_COLUMNS, EpochMetrics, RunSummary, summarize
+from cvray.classification.metrics import METRIC_COLUMNS, EpochMetrics, RunSummary, epoch_row, summarize
 from cvray.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def last_epoch(directory: str) -> int:
 def write_epoch_files(directory: str, history: Sequence[EpochMetrics]) -> None:
     """metrics.csv, metrics.parquet and curves.png from every epoch so far. Whole files, keyed by
     epoch: an epoch that runs twice (after a lost report) leaves one row."""
-    rows = sorted({int(r["epoch"]): r for r in history}.values(), key=lambda r: r["epoch"])
+    rows = sorted({int(r["epoch"]): epoch_row(r) for r in history}.values(), key=lambda r: r["epoch"])
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -167,7 +167,7 @@ def read_metrics(directory: str) -> list[EpochMetrics]:
     if not storage.exists(path):
         return []
     table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
-    return [EpochMetrics(**row) for row in table.to_pylist()]
+    return [epoch_row(row) for row in table.to_pylist()]
 
 
 # ------------------------------------------------------------------ the trained model

@@ -7,6 +7,7 @@ function (cvray.on_ray.training) drives the very same object, so there is one tr
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +18,13 @@ from torch import nn
 from cvray.classification.config import TrainConfig
 from cvray.classification.datasets import EpochSource, ImageClassData, InMemorySource, epoch_seed, world
 from cvray.classification.engine import all_reduce_sums, evaluate, train_one_epoch, unwrap, uses_channels_last
-from cvray.classification.metrics import EpochMetrics, ProgressSums
+from cvray.classification.metrics import EpochMetrics, ProgressSums, epoch_row
 from cvray.classification.recipes import Recipe
+from cvray.errors import CvrayError
+
+
+class TrainingDiverged(CvrayError):
+    """The training loss became NaN or infinite: the run fails instead of training on."""
 
 
 class WorkerRun:
@@ -43,7 +49,10 @@ class WorkerRun:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
-        self.data = InMemorySource(data, self.device, config.seed) if isinstance(data, ImageClassData) else data
+        if isinstance(data, ImageClassData):
+            self.data = InMemorySource(data, self.device, config.seed, config.val_share)
+        else:
+            self.data = data
         self.train_transform = recipe.train_transform(config)
         self.eval_transform = recipe.eval_transform(config)
         self.epoch = 0  # epochs completed
@@ -63,13 +72,19 @@ class WorkerRun:
             self.model, self.optimizer, batches, num_examples, self.train_transform, generator, cfg.precision,
             self.recipe.loss_reduction, progress=progress, progress_every_s=cfg.progress_every_s,
         )
-        test_batches = self.data.test_batches(cfg.eval_batch_size)
-        test = evaluate(unwrap(self.model), test_batches, self.eval_transform, cfg.precision)
+        if not math.isfinite(train["loss_sum"]):  # diverged: fail the run rather than train on
+            raise TrainingDiverged(f"the training loss is {train['loss_sum']} in epoch {epoch} (diverged): "
+                                   "lower --lr")
+        test = evaluate(unwrap(self.model), self.data.test_batches(cfg.eval_batch_size), self.eval_transform,
+                        cfg.precision)
+        val = evaluate(unwrap(self.model), self.data.val_batches(cfg.eval_batch_size), self.eval_transform,
+                       cfg.precision)
         totals = all_reduce_sums(
             {
                 "loss_sum": train["loss_sum"], "train_correct": train["correct"],
                 "train_examples": train["examples"], "train_seconds": train["seconds"],
                 "test_correct": test["correct"], "test_examples": test["examples"],
+                "val_correct": val["correct"], "val_examples": val["examples"],
                 "epoch_seconds": time.perf_counter() - start,
             },
             self.device, maximum=("train_seconds", "epoch_seconds"),
@@ -79,6 +94,7 @@ class WorkerRun:
             train_loss=totals["loss_sum"] / totals["train_examples"],
             train_acc=totals["train_correct"] / totals["train_examples"],
             test_acc=totals["test_correct"] / max(totals["test_examples"], 1.0),
+            val_acc=totals["val_correct"] / totals["val_examples"] if totals["val_examples"] else float("nan"),
             examples_per_sec=totals["train_examples"] / totals["train_seconds"],
             train_examples=int(totals["train_examples"]),
             train_seconds=totals["train_seconds"],
@@ -105,7 +121,7 @@ class WorkerRun:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
-        self.history = [EpochMetrics(**r) for r in state["history"] if r["epoch"] <= self.epoch]
+        self.history = [epoch_row(r) for r in state["history"] if r["epoch"] <= self.epoch]
 
 
 def fit(

@@ -100,6 +100,49 @@ def plan_actors(
     return Placement(count, False, min(want, free), max(1, int(want)))
 
 
+DRIVER_CPUS = 0.05
+"""CPUs each sweep trial's driver (a Tune function that only launches Ray Train and waits)
+reserves: a small fraction, so drivers never take the CPUs their workers need, on any cluster (no
+custom resource it may lack)."""
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """How a sweep places its trials: each trial's Ray Train workers, and trials run at once."""
+
+    workers: Placement
+    concurrency: int
+
+
+def plan_trials(
+    cluster: ClusterInfo, num_workers: int | None = None, use_gpu: bool | None = None,
+    cpus_per_worker: float | None = None, max_concurrent: int | None = None,
+) -> TrialPlan:
+    """Sweep trials (flags --num-workers, --gpu/--no-gpu, --cpus-per-worker, --max-concurrent).
+
+    A trial trains on one worker unless told otherwise. On GPUs as many trials run at once as
+    the GPUs hold (each worker one GPU); on CPUs one at a time by default (each trial's torch
+    threads take every CPU; more at once only share them). Every trial's driver reserves
+    DRIVER_CPUS next to its workers; trials beyond the concurrency queue.
+    """
+    use_gpu = resolve_gpu(use_gpu, cluster)
+    count = _count(num_workers or 1, use_gpu, cluster, "--num-workers", cpu_default=1)
+    concurrency = max_concurrent or (max(1, int(cluster.gpus) // count) if use_gpu else 1)
+    if use_gpu:
+        concurrency = min(concurrency, max(1, int(cluster.gpus) // count))
+    share = (cluster.cpus - concurrency * DRIVER_CPUS) / (concurrency * count)
+    default = min(GPU_WORKER_MAX_CPUS, max(1, math.floor(share))) if use_gpu else share
+    cpus = cpus_per_worker or default
+    need = count * cpus + DRIVER_CPUS
+    if need > cluster.cpus + 1e-9:
+        raise ClusterError(
+            f"one trial needs {need:g} CPUs ({count} workers x {cpus:g} + its driver); the cluster has "
+            f"{cluster.cpus:g} (use fewer --num-workers or --cpus-per-worker)")
+    concurrency = max(1, min(concurrency, math.floor((cluster.cpus + 1e-9) / need)))
+    # Threads: the nearest whole number (a 1.95-CPU share runs 2 threads: the driver barely runs).
+    return TrialPlan(Placement(count, use_gpu, float(cpus), max(1, round(cpus))), concurrency)
+
+
 def _count(requested: int | None, use_gpu: bool, cluster: ClusterInfo, flag: str, cpu_default: int) -> int:
     count = requested or (int(cluster.gpus) if use_gpu else cpu_default)
     if use_gpu and count > cluster.gpus:

@@ -130,6 +130,9 @@ class StreamSource:
             return iter(())
         return self._to_device(self.test.iter_batches(batch_size=batch_size, batch_format="pyarrow"))
 
+    def val_batches(self, batch_size: int) -> Iterable[Batch]:
+        return iter(())  # a validation split needs the in-memory path (the driver refuses it here)
+
     def _to_device(self, tables: Iterable[pa.Table]) -> Iterator[Batch]:
         for table in tables:
             heights = table.column("height").to_pylist()

@@ -89,11 +89,11 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                 torch.save(run.state_dict(), os.path.join(folder, STATE_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
                 runs.write_epoch_files(directory, run.history)  # keyed by epoch: a rerun epoch leaves one row
+                # model.pt after every epoch: a run stopped early (a sweep's ASHA, Ctrl-C) is usable as it is.
+                runs.save_model(directory, run.state_dict())
                 log.info(console.epoch_line(row, config.epochs))
             # A barrier: every worker reports once per epoch.
             ray.train.report({**row, "devices": device_names}, checkpoint=checkpoint)
-    if run.rank == 0:
-        runs.save_model(directory, run.state_dict())
 
 
 def _log_progress(sums: ProgressSums, *, epoch: int, epochs: int, world_size: int) -> None:
@@ -124,7 +124,7 @@ def _gather_device_names(device: torch.device) -> list[str]:
 def launch_training(
     recipe: Recipe, config: TrainConfig, directory: str, placement: Placement, *,
     data: ray.ObjectRef | None = None, stream: Stream | None = None, verbose: bool = False,
-    callbacks: list | None = None,
+    callbacks: list | None = None, checkpoints_kept: int = CHECKPOINTS_KEPT,
 ) -> list[str]:
     """Fit one run on Ray Train (resuming from its latest checkpoint, if any); the devices used.
 
@@ -132,6 +132,7 @@ def launch_training(
     data: the decoded data in the object store (ImageClassData.to_numpy()); None: each worker
     loads it. stream: Ray Data datasets to read instead (the "train" one split over the workers).
     callbacks: Ray Train RunConfig callbacks (a Tune trial passes its report callback).
+    checkpoints_kept: the latest checkpoints kept in the run folder (a sweep trial keeps one).
     Raises TrainingFailed when the worker group fails for good.
     """
     trainer = TorchTrainer(
@@ -150,7 +151,7 @@ def launch_training(
         run_config=ray.train.RunConfig(
             name=config.name, storage_path=config.storage_path, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints_kept),
             # Quiet by default: our per-epoch line is the progress; Ray Train's INFO lines (two per
             # epoch, with the whole metrics dict) would bury it. Warnings and errors still show.
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
@@ -159,7 +160,9 @@ def launch_training(
     try:
         result = trainer.fit()
     except (ray.train.TrainingFailedError, ray.train.ControllerError) as exc:
-        raise TrainingFailed(f"training failed: {root_cause_line(exc)}; rerun the same command to resume") from None
+        cause = root_cause_line(exc)
+        hint = "" if "diverged" in cause else "; rerun the same command to resume"  # a rerun would diverge again
+        raise TrainingFailed(f"training failed: {cause}{hint}") from None
     metrics = result.metrics or {}
     devices = str(metrics.get("devices", "")).split(",") if metrics.get("devices") else []
     return devices or ["cpu"] * placement.count
@@ -189,6 +192,8 @@ def run_training(
     check_reachable(address or os.environ.get("RAY_ADDRESS"))
     config = recipe.resolve(config)
     streams = recipe.streams(config)
+    if streams and config.val_share > 0:
+        raise ConfigError("--val-share needs the data held in memory: add --data-path memory (or a smaller folder)")
     data = None if streams else recipe.load_data(config)
     recipe.check(config)
     cluster = connect(address, quiet=not verbose)
