@@ -39,9 +39,11 @@ def table_columns(swept: Sequence[str]) -> list[str]:
     return [*swept, *TrialRow.__annotations__]
 
 
-def write_table(directory: str, rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> None:
-    """trials.csv and trials.parquet in the sweep folder (tuples of values as comma-joined text)."""
-    columns = table_columns(swept)
+def write_table(directory: str, rows: Sequence[Mapping[str, Any]], swept: Sequence[str],
+                columns: Sequence[str] | None = None) -> None:
+    """trials.csv and trials.parquet in the sweep folder (tuples of values as comma-joined text);
+    columns: a training sweep's (table_columns) unless given."""
+    columns = list(columns or table_columns(swept))
     cells = [{c: _cell(row.get(c)) for c in columns} for row in rows]
     text = io.StringIO()
     text.write(",".join(columns) + "\n")
@@ -130,11 +132,12 @@ def flag_value(value) -> str:
     return str(value)
 
 
-def best_command(script: str, fixed_argv: Sequence[str], values: Mapping[str, Any], name: str) -> str:
-    """The command that trains the best trial again on its own: the sweep's fixed flags, the
-    trial's values as flags, and a new --name."""
+def best_command(script: str, fixed_argv: Sequence[str], values: Mapping[str, Any], name: str | None = None) -> str:
+    """The command that runs a trial again on its own: the sweep's fixed flags, the trial's values
+    as flags, and a new --name (when given)."""
     argv = ["python", script, *fixed_argv]
     for field, value in values.items():
         argv += [f"--{field.replace('_', '-')}", flag_value(value)]
-    argv += ["--name", name]
+    if name is not None:
+        argv += ["--name", name]
     return shlex.join(str(a) for a in argv)

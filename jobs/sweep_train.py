@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+import _sweep_args
 import finetune
 import train_cifar
 
@@ -27,7 +28,6 @@ from cvray.errors import ConfigError
 JOBS = {"cifar": ("jobs/train_cifar.py", train_cifar), "finetune": ("jobs/finetune.py", finetune)}
 DEFAULT_PARAM = "lr=1e-4..1e-2"
 SWEEP_VAL_SHARE = 0.1
-DEFAULT_RANDOM_SAMPLES = 8
 NOT_SWEPT = {"val_share", "data_dir", "storage_path", "name", "max_failures", "eval_batch_size",
              "progress_every_s", "num_workers", "use_gpu", "cpus_per_worker", "epochs"}
 """Config fields that are where or how long a trial runs, not what it tries."""
@@ -36,28 +36,8 @@ NOT_SWEPT = {"val_share", "data_dir", "storage_path", "name", "max_failures", "e
 def build_parser() -> argparse.ArgumentParser:
     p = _common.make_parser(__doc__.split("\n\n")[0])
     p.add_argument("--job", choices=sorted(JOBS), default="cifar", help="the training job to sweep")
-    p.add_argument("--param", action="append", default=None, metavar="FIELD=A|B|C or FIELD=LOW..HIGH",
-                   help=f"a swept hyperparameter under its flag's name; repeatable (default: {DEFAULT_PARAM})")
-    p.add_argument("--search", choices=("grid", "random", "optuna"), default=None,
-                   help="grid: every combination of the values; random: --num-samples draws; optuna: Optuna's "
-                        "TPE (default: grid when every --param lists values, else random)")
-    p.add_argument("--num-samples", type=int, default=None,
-                   help=f"trials drawn by random/optuna (default {DEFAULT_RANDOM_SAMPLES}); grid: repeats (default 1)")
-    p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
-                   help="run every trial to the end (default: ASHA stops weak trials after each epoch, "
-                        "grace period one epoch)")
-    p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
-                   help="when resuming, keep failed trials failed (default: retry them once)")
-    p.add_argument("--max-concurrent", type=_common.positive_int, default=None,
-                   help="trials at once (default: one per GPU on GPU clusters, one on CPUs)")
-    p.add_argument("--name", default=None, help="sweep folder name (default: sweep-JOB-FIELDS)")
-    p.add_argument("--fresh", action="store_true", help="delete the sweep folder of this name and start over")
+    _sweep_args.add_sweep_args(p, DEFAULT_PARAM, early_stop=True)
     return p
-
-
-def given_flags(argv: list[str]) -> set[str]:
-    """Config field names of the flags present in `argv` (e.g. "--batch-size=8" -> batch_size)."""
-    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
 def sweepable_fields(job_parser: argparse.ArgumentParser, config: TrainConfig) -> set[str]:
@@ -70,7 +50,7 @@ def make_sweep(args: argparse.Namespace, job_argv: list[str]):
 
     script, module = JOBS[args.job]
     job_args = module.build_parser().parse_args(job_argv)
-    given = given_flags(job_argv)
+    given = _sweep_args.given_flags(job_argv)
     if "val_share" not in given:
         job_args.val_share = SWEEP_VAL_SHARE
     if getattr(job_args, "compare", False):
@@ -81,8 +61,7 @@ def make_sweep(args: argparse.Namespace, job_argv: list[str]):
     check_not_fixed(params, given)
     if len({p.field for p in params}) != len(params):
         raise ConfigError("each field may be swept by one --param only")
-    search = args.search or ("grid" if all(not p.is_range for p in params) else "random")
-    samples = args.num_samples if args.num_samples is not None else (1 if search == "grid" else DEFAULT_RANDOM_SAMPLES)
+    search, samples = _sweep_args.search_and_samples(args, params)
     name = args.name or f"sweep-{args.job}-{'-'.join(p.flag for p in params)}"
     fixed = list(job_argv) + ([] if "val_share" in given else ["--val-share", str(SWEEP_VAL_SHARE)])
     return script, module, job_args, config, params, search, samples, name, fixed

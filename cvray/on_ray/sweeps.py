@@ -124,7 +124,7 @@ def run_train_sweep(sweep: TrainSweep, *, address: str | None = None, fresh: boo
     _check_batch_sizes(sweep, base, plan.workers.count)
     storage_path = runs.absolute(base.storage_path)
     directory = storage.join(storage_path, sweep.name)
-    _open_sweep(directory, sweep, fresh)
+    open_sweep(directory, sweep.spec(), fresh)
     base = base.replace(num_workers=plan.workers.count, use_gpu=plan.workers.use_gpu,
                         cpus_per_worker=plan.workers.cpus_each)
     shared = {"recipe": sweep.recipe, "base": base, "placement": plan.workers, "verbose": verbose,
@@ -148,16 +148,19 @@ def _check_batch_sizes(sweep: TrainSweep, base: TrainConfig, workers: int) -> No
             raise ConfigError(f"batch size {size} is not divisible by {workers} workers (it is the global batch)")
 
 
-def _open_sweep(directory: str, sweep: TrainSweep, fresh: bool) -> None:
+def open_sweep(directory: str, spec: dict[str, Any], fresh: bool) -> None:
+    """Get the sweep folder ready: deleted first with `fresh`; ConfigError when it holds a sweep
+    started with other settings (resuming would mix them). Writes sweep.json."""
     path = storage.join(directory, SWEEP_FILE)
-    if fresh:
-        runs.remove_run(directory)
+    if fresh and storage.exists(directory):
+        if not storage.exists(path):
+            raise ConfigError(f"--fresh: {directory} exists but is not a cvray sweep folder; not deleting it")
+        storage.remove_tree(directory)
     saved = runs.read_json(path)
-    if saved is not None and saved.get("spec") != _jsonable(sweep.spec()):
+    if saved is not None and saved.get("spec") != _jsonable(spec):
         raise ConfigError(f"sweep {directory} was started with other settings: rerun those, pick another --name, "
                           "or add --fresh to start over")
-    runs.write_json(path, {"spec": _jsonable(sweep.spec()), "retried_failed": bool(saved and
-                                                                                  saved.get("retried_failed"))})
+    runs.write_json(path, {"spec": _jsonable(spec), "retried_failed": bool(saved and saved.get("retried_failed"))})
 
 
 def _jsonable(value):
@@ -174,30 +177,41 @@ def _trial_count(sweep: TrainSweep) -> int:
 
 def _tuner(sweep: TrainSweep, trainable, space: dict, concurrency: int, storage_path: str, directory: str,
            epochs: int) -> tune.Tuner:
-    if tune.Tuner.can_restore(directory):
-        state = runs.read_json(storage.join(directory, SWEEP_FILE)) or {}
-        retry = sweep.retry_failed and not state.get("retried_failed")
-        if retry:  # failed trials get one more try, once
-            runs.write_json(storage.join(directory, SWEEP_FILE), {**state, "retried_failed": True})
-        log.info(f"resuming sweep {directory}")
-        return tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=retry)
     scheduler = None
     if sweep.early_stop and epochs > 1:
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
+    return make_tuner(trainable, space, name=sweep.name, storage_path=storage_path, directory=directory,
+                      search=sweep.search, num_samples=sweep.num_samples, concurrency=concurrency,
+                      retry_failed=sweep.retry_failed, seed=sweep.base.seed, metric=METRIC, mode=MODE,
+                      scheduler=scheduler)
+
+
+def make_tuner(trainable, space: dict, *, name: str, storage_path: str, directory: str, search: str,
+               num_samples: int, concurrency: int | None, retry_failed: bool, seed: int, metric: str, mode: str,
+               scheduler=None) -> tune.Tuner:
+    """A new Tuner for the sweep folder `directory`, or the restored one when it holds a sweep
+    (finished and early-stopped trials kept, interrupted ones resumed, failed ones retried once)."""
+    if tune.Tuner.can_restore(directory):
+        state = runs.read_json(storage.join(directory, SWEEP_FILE)) or {}
+        retry = retry_failed and not state.get("retried_failed")
+        if retry:
+            runs.write_json(storage.join(directory, SWEEP_FILE), {**state, "retried_failed": True})
+        log.info(f"resuming sweep {directory}")
+        return tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=retry)
     search_alg = None
-    if sweep.search == "optuna":
+    if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=sweep.base.seed)
+        search_alg = OptunaSearch(seed=seed)
     return tune.Tuner(
         trainable, param_space=space,
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search_alg,
-                                    num_samples=sweep.num_samples, max_concurrent_trials=concurrency,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
+                                    num_samples=num_samples, max_concurrent_trials=concurrency,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
@@ -215,7 +229,7 @@ def _row(result, sweep: TrainSweep, base: TrainConfig) -> dict[str, Any]:
               else "finished" if len(history) >= base.epochs else "early-stopped")
     return {
         **values, "trial": os.path.basename(directory) if directory else "", "status": status,
-        "error": "" if error is None else _error_line(error), "epochs": len(history),
+        "error": "" if error is None else error_line(error), "epochs": len(history),
         "final_val_acc": val[-1] if history else math.nan,
         "best_val_acc": val[best_at] if history else math.nan,
         "final_test_acc": history[-1]["test_acc"] if history else math.nan,
@@ -240,7 +254,7 @@ def _value(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _error_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """The failure's cause in one line, without exception class paths ("a.b.C: ")."""
     from cvray.errors import root_cause_line
 
