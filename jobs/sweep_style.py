@@ -32,6 +32,7 @@ SWEEPABLE = ("content_weight", "style_weight", "tv_weight", "lr", "iterations", 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _common.make_parser(__doc__.split("\n\n")[0])
+    p.epilog = "Also --content IMG and every style flag as a fixed value: see python jobs/stylize.py --help."
     _sweep_args.add_sweep_args(p, DEFAULT_PARAM, early_stop=False)
     p.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage-path", default="~/cvray_results", help="parent folder of the sweep folder")

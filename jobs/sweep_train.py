@@ -35,6 +35,8 @@ NOT_SWEPT = {"val_share", "data_dir", "storage_path", "name", "max_failures", "e
 
 def build_parser() -> argparse.ArgumentParser:
     p = _common.make_parser(__doc__.split("\n\n")[0])
+    p.epilog = ("Every other flag is the swept job's, as a fixed value: see python jobs/train_cifar.py --help "
+                "and python jobs/finetune.py --help.")
     p.add_argument("--job", choices=sorted(JOBS), default="cifar", help="the training job to sweep")
     _sweep_args.add_sweep_args(p, DEFAULT_PARAM, early_stop=True)
     return p
