@@ -50,8 +50,8 @@ def epoch_line(row: EpochMetrics, epochs: int) -> str:
     """One progress line per epoch, e.g.
     `epoch 3/10: loss 0.658, train acc 0.770, test acc 0.727, 33044.8 examples/sec, 1.6 s`
     (with `val acc ...` before the test accuracy when a validation share is held out)."""
-    val = row.get("val_acc", float("nan"))
-    val_text = f"val acc {val:.3f}, " if val == val else ""  # NaN: no validation split
+    val = row.get("val_acc")
+    val_text = f"val acc {val:.3f}, " if val is not None else ""  # None: no validation split
     return (
         f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.3f}, train acc {row['train_acc']:.3f}, "
         f"{val_text}test acc {row['test_acc']:.3f}, {row['examples_per_sec']:.1f} examples/sec, "

@@ -58,7 +58,7 @@ def test_finetune_input_and_transforms_run_small():
             for key in keys:
                 assert report[side][split][key]["samples_per_sec_median"] > 0, (side, split, key)
     assert report["cvray"]["first_epoch"]["samples_per_sec"] > 0
-    assert report["cvray"]["decode"]["seconds"] > 0 and report["cvray"]["decode"]["decode_size"] == 256
+    assert report["cvray"]["decode"]["seconds"] > 0 and report["cvray"]["decode"]["decode_size"] == 288
     assert set(report["ratio"]) >= {"steady_train", "first_epoch", "eval", "five_epochs_with_eval"}
     assert all(report["ratio"][k] > 0 for k in ("steady_train", "first_epoch", "eval", "five_epochs_with_eval"))
     environment = report["environment"]

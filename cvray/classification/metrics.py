@@ -34,7 +34,7 @@ class EpochMetrics(TypedDict):
     train_loss: float  # mean per-sample cross-entropy over the epoch's training samples
     train_acc: float
     test_acc: float
-    val_acc: float  # on the share of the training data held out (--val-share); NaN when none is
+    val_acc: float | None  # on the share of the training data held out (--val-share); None when none is
     examples_per_sec: float  # training samples / the slowest worker's training seconds
     train_examples: int  # over all workers
     train_seconds: float  # the slowest worker's
@@ -45,8 +45,8 @@ METRIC_COLUMNS: tuple[str, ...] = tuple(EpochMetrics.__annotations__)
 
 
 def epoch_row(values: dict) -> EpochMetrics:
-    """An EpochMetrics from a stored row; rows from before a column existed get NaN there."""
-    return EpochMetrics(**{c: values.get(c, float("nan")) for c in METRIC_COLUMNS})
+    """An EpochMetrics from a stored row; rows from before a column existed get None there."""
+    return EpochMetrics(**{c: values.get(c) for c in METRIC_COLUMNS})
 
 
 class RunSummary(TypedDict, total=False):

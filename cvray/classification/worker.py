@@ -94,7 +94,7 @@ class WorkerRun:
             train_loss=totals["loss_sum"] / totals["train_examples"],
             train_acc=totals["train_correct"] / totals["train_examples"],
             test_acc=totals["test_correct"] / max(totals["test_examples"], 1.0),
-            val_acc=totals["val_correct"] / totals["val_examples"] if totals["val_examples"] else float("nan"),
+            val_acc=totals["val_correct"] / totals["val_examples"] if totals["val_examples"] else None,
             examples_per_sec=totals["train_examples"] / totals["train_seconds"],
             train_examples=int(totals["train_examples"]),
             train_seconds=totals["train_seconds"],

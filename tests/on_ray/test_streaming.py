@@ -27,7 +27,7 @@ def test_check_pass_lists_bad_files_and_the_splits_are_disjoint_every_epoch(ray_
         def read(i, seen=seen):
             for batch in shards[i].iter_batches(batch_size=8, batch_format="pyarrow"):
                 seen[i] += batch.column("name").to_pylist()
-                assert min(batch.column("height").to_pylist() + batch.column("width").to_pylist()) == 37
+                assert min(batch.column("height").to_pylist() + batch.column("width").to_pylist()) == 41  # 32 x 288/224
 
         threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
         for thread in threads:
