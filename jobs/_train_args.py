@@ -55,6 +55,13 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: TrainConfig, *, da
     return where, hyper
 
 
+def add_subset_args(group: argparse._ArgumentGroup, which: str) -> None:
+    """--train-samples / --test-samples: `which` says how the subset is taken (e.g. "the first")."""
+    for split in ("train", "test"):
+        group.add_argument(f"--{split}-samples", type=_common.positive_int, default=None,
+                           help=f"use {which} N {split}ing images (default: all)".replace("testing", "test"))
+
+
 def train_config_fields(args: argparse.Namespace) -> dict:
     """The TrainConfig fields the shared flags set (epochs stays None when not given)."""
     return {

@@ -67,10 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     hyper.add_argument("--decode-size", type=_common.positive_int, default=None,
                        help="decode every image once with its shorter side at this size "
                             "(default: round(crop * 288 / 224), 288 for 224 crops; docs/finetune.md measures it)")
-    hyper.add_argument("--train-samples", type=_common.positive_int, default=None,
-                       help="use a fixed subset of N training images (default: all)")
-    hyper.add_argument("--test-samples", type=_common.positive_int, default=None,
-                       help="use a fixed subset of N test images (default: all)")
+    _train_args.add_subset_args(hyper, "a fixed subset of")
     where.add_argument("--max-bad-share", type=_common.non_negative_float, default=d.max_bad_share,
                        help="unreadable files are skipped and listed; more than this share of a split is an error")
     where.add_argument("--data-path", choices=DATA_PATHS, default=d.data_path,

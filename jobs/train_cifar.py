@@ -59,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     hyper.add_argument("--classes", type=class_list, default=None, metavar="C,C,...",
                        help="train on these CIFAR-10 classes only, e.g. eight of them to pretrain for "
                             "fine-tuning on the other two (default: all ten)")
-    hyper.add_argument("--train-samples", type=_common.positive_int, default=None,
-                       help="use the first N training images (default: all)")
-    hyper.add_argument("--test-samples", type=_common.positive_int, default=None,
-                       help="use the first N test images (default: all)")
+    _train_args.add_subset_args(hyper, "the first")
     return p
 
 
