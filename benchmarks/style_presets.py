@@ -6,8 +6,10 @@ style weight, the final *unweighted* content and style losses and the style loss
 (the content image's own), so settings with different loss scales compare. A setting "controls
 strength" when the content loss rises and the style loss falls steadily as the style weight grows.
 
-    python benchmarks/style_presets.py --out /tmp/presets \\
-        --picture docs/img/style_compare.png      # shared VGG-16 weights, 150x225, 300 steps
+    python benchmarks/style_presets.py --out /tmp/presets --picture docs/img/style_compare.png \\
+        --arch vgg19 --weights ../shared/data/weights/vgg19_features_caffe.pth   # the docs' picture
+
+(Without --arch/--weights: the shared edge-tuned VGG-16 weights, the study in docs/style.md.)
 
 Writes DIR/<setting>.png (content | style | one result per style weight), DIR/results.json and,
 with --picture, the README comparison (content | style | lab | preset, then each one's style
