@@ -19,7 +19,7 @@ from cvray.classification import runs
 from cvray.errors import ClusterError
 from cvray.on_ray.connect import check_reachable, connect
 from cvray.on_ray.placement import resolve_gpu
-from cvray.on_ray.sweeps import error_line, make_tuner, open_sweep, search_space
+from cvray.on_ray.sweeps import error_line, make_tuner, open_sweep, search_space, trial_count
 from cvray.params import ParamSpec
 from cvray.style.config import StyleConfig
 
@@ -147,5 +147,7 @@ def _report(directory: str, sweep: StyleSweep, rows: list[dict[str, Any]]) -> St
         storage.write_bytes_atomic(storage.join(directory, "pareto.png"), pareto_png(
             done, label_keys=swept, title=f"style sweep {sweep.name}: unweighted losses"))
     front = [done[i] for i in pareto_front([(r["content_loss"], r["style_loss"]) for r in done])]
-    return StyleSweepOutcome(directory, rows, front, any(r["status"] == "not run" for r in rows))
+    expected = trial_count(sweep.params, sweep.search, sweep.num_samples)
+    interrupted = len(rows) < expected or any(r["status"] == "not run" for r in rows)  # Ctrl-C
+    return StyleSweepOutcome(directory, rows, front, interrupted)
 

@@ -131,7 +131,8 @@ def run_train_sweep(sweep: TrainSweep, *, address: str | None = None, fresh: boo
               "runs_dir": storage.join(directory, RUNS_FOLDER), "data": ray.put(data.to_numpy())}
     del data
     trainable = tune.with_resources(tune.with_parameters(trial_fn, shared=shared), {"cpu": DRIVER_CPUS})
-    log.info(f"sweep {sweep.name}: {_trial_count(sweep)} trials, {plan.concurrency} at a time, each on "
+    count = trial_count(sweep.params, sweep.search, sweep.num_samples)
+    log.info(f"sweep {sweep.name}: {count} trials, {plan.concurrency} at a time, each on "
              f"{plan.workers.count} worker(s) ({'GPU' if plan.workers.use_gpu else f'{plan.workers.cpus_each:g} CPU'}"
              f" each) -> {directory}")
     tuner = _tuner(sweep, trainable, space, plan.concurrency, storage_path, directory, base.epochs)
@@ -169,10 +170,11 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-def _trial_count(sweep: TrainSweep) -> int:
-    if sweep.search == "grid":
-        return sweep.num_samples * math.prod(len(p.values) for p in sweep.params)
-    return sweep.num_samples
+def trial_count(params: tuple[ParamSpec, ...], search: str, num_samples: int) -> int:
+    """Trials a sweep runs in all: the grid's combinations times num_samples, else num_samples."""
+    if search == "grid":
+        return num_samples * math.prod(len(p.values) for p in params)
+    return num_samples
 
 
 def _tuner(sweep: TrainSweep, trainable, space: dict, concurrency: int, storage_path: str, directory: str,
@@ -271,8 +273,9 @@ def _report(directory: str, sweep: TrainSweep, rows: list[dict[str, Any]], resul
               for r in rows}
     storage.write_bytes_atomic(storage.join(directory, sweep_report.CURVES_NAME), sweep_report.curves_png(
         histories, labels, best["trial"] if best else None, title=f"sweep {sweep.name}: validation accuracy"))
-    interrupted = any(r["status"] == "not run" for r in rows) or any(
-        r["status"] == "early-stopped" and not sweep.early_stop for r in rows)
+    # Ctrl-C: trials not yet created are absent from the results, unstarted ones have no epochs.
+    interrupted = len(rows) < trial_count(sweep.params, sweep.search, sweep.num_samples) or any(
+        r["status"] == "not run" or (r["status"] == "early-stopped" and not sweep.early_stop) for r in rows)
     return SweepOutcome(directory, rows, dict(best) if best else None, interrupted)
 
 
