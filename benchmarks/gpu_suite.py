@@ -1,6 +1,7 @@
 """Every GPU measurement of the project in one call (the device machine has no Ray).
 
-Runs benchmarks/gpu_cifar.py and benchmarks/gpu_style.py one after the other, each in its own
+Runs benchmarks/gpu_cifar.py, benchmarks/gpu_style.py and benchmarks/gpu_finetune.py one after the
+other, each in its own
 process with its own time budget (a failure in one keeps the other's results), and collects their
 JSON and pictures under --out.
 
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--cifar-seconds", type=float, default=130)
     parser.add_argument("--style-seconds", type=float, default=150)
+    parser.add_argument("--finetune-seconds", type=float, default=180)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     tiny = ["--tiny"] if args.tiny else []
@@ -49,9 +51,12 @@ def main() -> None:
     if not os.path.exists(weights):
         weights = "/work/shared/data/weights/vgg16_features_hed.pth"
     style = ["--out", args.out, "--max-seconds", str(args.style_seconds), "--weights", weights, *tiny]
+    photos = ".devdata" if os.path.isdir(".devdata/images") else "/work/shared/data"
+    finetune = ["--out", args.out, "--max-seconds", str(args.finetune_seconds), "--data", photos, *tiny]
     steps = [
         run("gpu_cifar.py", cifar, args.cifar_seconds + 60),
         run("gpu_style.py", style, args.style_seconds + 60),
+        run("gpu_finetune.py", finetune, args.finetune_seconds + 90),
     ]
     summary = {"suite": steps}
     with open(os.path.join(args.out, "gpu_suite.json"), "w") as f:
