@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 # As tests/test_no_ray.py: runs `python SCRIPT ARGS...` with every `import ray` failing.
@@ -28,8 +32,25 @@ def run_script(*argv: str, without_ray: bool = False, timeout: float = 300) -> d
     return json.loads(proc.stdout)
 
 
-def test_gpu_finetune_runs_tiny_on_cpu_without_ray(tmp_path):
-    report = run_script(str(BENCHMARKS / "gpu_finetune.py"), "--tiny", "--out", str(tmp_path), without_ray=True)
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> str:
+    """DATA/images/{content,style}: smooth noisy "photos", some at least 800 px long (the scripts
+    draw their large images from those), so the tests need no shared data."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for sub, sizes in (("content", [(900, 600), (400, 300), (500, 350)]), ("style", [(820, 820), (450, 380)])):
+        (root / "images" / sub).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            ys, xs = np.mgrid[0:h, 0:w]
+            base = np.stack([ys * 200 / h, xs * 180 / w + 40, (ys + xs) * 90 / (h + w) + 60], axis=-1)
+            pixels = np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / sub / f"p{i}.jpg", quality=90)
+    return str(root)
+
+
+def test_gpu_finetune_runs_tiny_on_cpu_without_ray(tmp_path, photos):
+    report = run_script(str(BENCHMARKS / "gpu_finetune.py"), "--tiny", "--out", str(tmp_path), "--data", photos,
+                        without_ray=True)
     assert report == json.loads((tmp_path / "gpu_finetune.json").read_text())
     assert report["tiny"] and report["skipped"] == []
     (run,) = report["finetune"]
@@ -49,8 +70,8 @@ def test_gpu_finetune_runs_tiny_on_cpu_without_ray(tmp_path):
     assert report["steady_images_per_sec"] == steady["images_per_sec_median"]
 
 
-def test_finetune_input_and_transforms_run_small():
-    report = run_script(str(BENCHMARKS / "finetune_input.py"), "--images", "8", "--rounds", "1",
+def test_finetune_input_and_transforms_run_small(photos):
+    report = run_script(str(BENCHMARKS / "finetune_input.py"), "--images", "8", "--rounds", "1", "--data", photos,
                         "--num-workers", "0,2", "--cvray-threads", "1")
     assert report["folder"]["train_images"] == report["train_images_per_epoch"] == 8
     for split in ("train", "eval"):
@@ -65,7 +86,7 @@ def test_finetune_input_and_transforms_run_small():
     assert environment["cpu_count"] >= 1 and len(environment["loadavg_1min_start_end"]) == 2
     assert {"torch", "torchvision", "pillow", "shared_machine"} <= set(environment)
 
-    report = run_script(str(BENCHMARKS / "finetune_transforms.py"), "--images", "3", "--boxes", "2",
+    report = run_script(str(BENCHMARKS / "finetune_transforms.py"), "--images", "3", "--boxes", "2", "--data", photos,
                         "--sizes", "224,256")
     assert set(report["by_decode_size"]) == {"224", "256", "full"}
     for size, row in report["by_decode_size"].items():
