@@ -32,6 +32,8 @@ class ParamSpec:
     values: tuple[Any, ...] | None = None
     low: float | None = None
     high: float | None = None
+    integer: bool = False
+    """A range over a whole-number field (drawn as integers)."""
 
     @property
     def flag(self) -> str:
@@ -103,7 +105,7 @@ def parse_param(text: str, config_cls, sweepable: Iterable[str]) -> ParamSpec:
         low, high = (parse_value(t, float, flag) for t in (low_text, high_text))
         if not 0 < low <= high:
             raise ConfigError(f"--param {flag}: the range {spec} needs 0 < LOW <= HIGH (it is log-uniform)")
-        return ParamSpec(field, low=low, high=high)
+        return ParamSpec(field, low=low, high=high, integer=kind is int)
     values = tuple(parse_value(v, kind, flag) for v in spec.split(GRID_SEPARATOR) if v.strip())
     if not values:
         raise ConfigError(f"--param {flag}: no values (give A|B|C or LOW..HIGH)")

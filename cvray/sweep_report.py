@@ -99,14 +99,24 @@ def curves_png(histories: Mapping[str, Sequence[Mapping[str, Any]]], labels: Map
     return plots.figure_png(fig, ax, title)
 
 
+def swept_order(row: Mapping[str, Any], swept: Sequence[str]) -> tuple:
+    """Sort key of a trial row: by its swept values, numbers before text."""
+    return tuple((0, row[f]) if isinstance(row[f], (int, float)) else (1, str(row[f])) for f in swept)
+
+
+def fixed_width(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in [head, *body]]
+    return "\n".join(lines)
+
+
 def console_table(rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> str:
     """A fixed-width table: swept values, status, epochs, best val acc, final test acc."""
     head = [*(s.replace("_", "-") for s in swept), "status", "epochs", "best val acc", "test acc", "seconds"]
     body = [[*(_short(r.get(s)) for s in swept), r["status"], str(r["epochs"]), _acc(r["best_val_acc"]),
              _acc(r["final_test_acc"]), f"{r['seconds']:.0f}"] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in [head, *body]]
-    return "\n".join(lines)
+    return fixed_width(head, body)
 
 
 def _short(value) -> str:

@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table(rows, swept, loss_keys) -> str:
+    from cvray.sweep_report import fixed_width
+
     head = [*(s.replace("_", "-") for s in swept), "status", *(k.replace("_loss", "") for k in loss_keys), "seconds"]
     body = [[*(f"{r[s]:.3g}" if isinstance(r[s], float) else str(r[s]) for s in swept), r["status"],
              *(f"{r[k]:.4g}" for k in loss_keys), f"{r['seconds']:.1f}"] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in [head, *body]]
-    return "\n".join(lines)
+    return fixed_width(head, body)
 
 
 if __name__ == "__main__":

@@ -49,18 +49,23 @@ def ray_local():
     ray.shutdown()
 
 
+def write_cifar_parquet(path, labels: np.ndarray, pixels_of) -> None:
+    """CIFAR-format Parquet: PNG bytes of pixels_of(label) (32x32x3 uint8) for each label."""
+    blobs = []
+    for label in labels:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels_of(label)).save(buffer, "PNG")
+        blobs.append(buffer.getvalue())
+    pq.write_table(pa.table({"image": blobs, "label": labels.astype(np.int64)}), path)
+
+
 def write_parquet_split(path, n: int, seed: int) -> None:
-    """CIFAR-format Parquet: PNG bytes of 32x32 RGB images whose class tints them (learnable)."""
+    """CIFAR-format Parquet: 32x32 RGB images whose class tints them (learnable)."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     palette = rng.integers(0, 256, (10, 3))
-    blobs = []
-    for label in labels:
-        pixels = (0.6 * palette[label] + 0.4 * rng.integers(0, 256, (32, 32, 3))).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "PNG")
-        blobs.append(buffer.getvalue())
-    pq.write_table(pa.table({"image": blobs, "label": labels.astype(np.int64)}), path)
+    write_cifar_parquet(path, labels, lambda label: (0.6 * palette[label]
+                                                     + 0.4 * rng.integers(0, 256, (32, 32, 3))).astype(np.uint8))
 
 
 def image_writer(root: Path, seed: int = 0):

@@ -137,7 +137,7 @@ def _report(directory: str, sweep: StyleSweep, rows: list[dict[str, Any]]) -> St
     from cvray.style.sweep import contact_sheet_png, pareto_front, pareto_png, swept_label
 
     swept = [p.field for p in sweep.params]
-    rows.sort(key=lambda r: tuple((0, r[f]) if isinstance(r[f], (int, float)) else (1, str(r[f])) for f in swept))
+    rows.sort(key=lambda r: sweep_report.swept_order(r, swept))
     columns = [*swept, "trial", "status", "error", *LOSS_KEYS, "seconds", "image"]
     sweep_report.write_table(directory, rows, swept, columns=columns)
     done = [r for r in rows if r["status"] == "finished"]

@@ -68,15 +68,11 @@ def search_space(params: tuple[ParamSpec, ...], search: str) -> dict[str, Any]:
             if search == "grid":
                 raise ConfigError(f"--param {p.flag}={p.low:g}..{p.high:g} is a range: grid search needs values "
                                   "A|B|C (or use --search random / optuna)")
-            space[p.field] = tune.loguniform(p.low, p.high) if _kind(p) is float else tune.lograndint(
-                int(p.low), int(p.high) + 1)
+            space[p.field] = (tune.lograndint(int(p.low), int(p.high) + 1) if p.integer
+                              else tune.loguniform(p.low, p.high))
         else:
             space[p.field] = tune.grid_search(list(p.values)) if search == "grid" else tune.choice(list(p.values))
     return space
-
-
-def _kind(p: ParamSpec):
-    return float if (p.low % 1 or p.high % 1 or p.field in ("lr", "weight_decay")) else int
 
 
 def trial_fn(params: dict[str, Any], *, shared: dict[str, Any]) -> None:
@@ -265,7 +261,7 @@ def error_line(error: BaseException) -> str:
 
 def _report(directory: str, sweep: TrainSweep, rows: list[dict[str, Any]], results) -> SweepOutcome:
     swept = [p.field for p in sweep.params]
-    rows.sort(key=lambda r: tuple(_sort_key(r[f]) for f in swept))
+    rows.sort(key=lambda r: sweep_report.swept_order(r, swept))
     histories = {r["trial"]: r.pop("_history") for r in rows}
     sweep_report.write_table(directory, rows, swept)
     best = sweep_report.best_row(rows)
@@ -277,7 +273,3 @@ def _report(directory: str, sweep: TrainSweep, rows: list[dict[str, Any]], resul
     interrupted = len(rows) < trial_count(sweep.params, sweep.search, sweep.num_samples) or any(
         r["status"] == "not run" or (r["status"] == "early-stopped" and not sweep.early_stop) for r in rows)
     return SweepOutcome(directory, rows, dict(best) if best else None, interrupted)
-
-
-def _sort_key(value):
-    return (0, value) if isinstance(value, (int, float)) else (1, str(value))

@@ -2,18 +2,15 @@
 one diverges and fails), the rerun that redoes nothing, the best command reproducing the best
 trial, and refusals that exit 2 before any trial starts."""
 
-import io
 import json
 import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
 from cvray.classification import runs
 
@@ -21,6 +18,7 @@ JOBS = Path(__file__).resolve().parents[2] / "jobs"
 sys.path.insert(0, str(JOBS))
 import sweep_train  # noqa: E402
 import train_cifar  # noqa: E402
+from conftest import write_cifar_parquet  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +26,8 @@ pytestmark = pytest.mark.slow
 def write_dark_bright(path: Path, n: int, seed: int) -> None:
     """CIFAR-format Parquet of two classes a model tells apart in one epoch: dark and bright noise."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    blobs = []
-    for label in labels:
-        pixels = np.clip((200 if label else 40) + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "PNG")
-        blobs.append(buffer.getvalue())
-    pq.write_table(pa.table({"image": blobs, "label": labels.astype(np.int64)}), path)
+    write_cifar_parquet(path, np.arange(n) % 2, lambda label: np.clip(
+        (200 if label else 40) + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8))
 
 
 @pytest.fixture(scope="module")
