@@ -3,6 +3,7 @@ CIFAR-format data."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import io
@@ -138,11 +139,13 @@ def tiny_cifar(tmp_path_factory):
     return folder
 
 
-_TWO_NODE_CLUSTER = """
+_CLUSTER_PROCESS = """
 import json, sys
 from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1"})
-cluster.add_node(num_cpus=2)
+head_cpus, worker_cpus = json.loads(sys.argv[1])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "dashboard_host": "127.0.0.1"})
+for cpus in worker_cpus:
+    cluster.add_node(num_cpus=cpus)
 cluster.wait_for_nodes()
 print(json.dumps({"address": cluster.address}), flush=True)
 sys.stdin.read()  # until the test session closes stdin (or dies)
@@ -150,18 +153,17 @@ cluster.shutdown()
 """
 
 
-@pytest.fixture(scope="session")
-def two_node_cluster():
-    """A real two-node Ray cluster on this machine, run by its own process: a head with no CPUs (the
-    node a driver joins) and a worker node with 2 CPUs, so every Ray task, actor and training worker
-    runs on another node than the driver's. Yields the address; shut down at the end of the session."""
+@contextlib.contextmanager
+def cluster_process(head_cpus: int, worker_cpus: list[int]):
+    """A real multi-node Ray cluster on this machine (ray.cluster_utils), run by its own process so a
+    test's driver joins it like any client; yields its address and shuts it down on exit."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-c", _TWO_NODE_CLUSTER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _CLUSTER_PROCESS, json.dumps([head_cpus, worker_cpus])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the two-node cluster did not start (exit code {proc.wait(timeout=60)})")
+            raise RuntimeError(f"the test cluster did not start (exit code {proc.wait(timeout=60)})")
         yield json.loads(line)["address"]
     finally:
         proc.stdin.close()
@@ -170,6 +172,23 @@ def two_node_cluster():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster():
+    """A real two-node Ray cluster: a head with no CPUs (the node a driver joins) and a worker node
+    with 2 CPUs, so every Ray task, actor and training worker runs on another node than the driver's.
+    Yields the address; shut down at the end of the session."""
+    with cluster_process(0, [2]) as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def spread_cluster():
+    """A real two-node Ray cluster whose both nodes have 2 CPUs (the head included), for tests that
+    check work spreads over nodes. Yields the address; shut down at the end of the session."""
+    with cluster_process(2, [2]) as address:
+        yield address
 
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
