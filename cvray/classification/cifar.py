@@ -1,9 +1,9 @@
 """CIFAR-10 as uint8 tensors from any of three formats, detected by content (see docs/data.md):
 torchvision's python pickles (`cifar-10-batches-py/`), Parquet (`train.parquet` + `test.parquet`,
 encoded `image` bytes + int `label`) or image folders (`train/<class>/*`, `test/<class>/*`).
-Local folders holding none of them get the official archive downloaded; object-store URIs are
-read through cvray.storage. The result is an ImageClassData of uint8 (N, 3, 32, 32) images. No Ray
-here. Every failure is a one-line DataError naming the file.
+A new or empty local folder gets the official archive downloaded (a folder holding something else
+is refused, naming what it holds); object-store URIs are read through cvray.storage. The result is
+an ImageClassData of uint8 (N, 3, 32, 32) images. No Ray here. Every failure is a one-line DataError naming the file.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ _HINT = "put cifar-10-batches-py/, train.parquet+test.parquet or train/<class>/ 
 _LOCAL_THREADS = 1
 _REMOTE_THREADS = 16
 _CHUNK = 2048  # images per decode task
+_SHOWN = 5  # entries named when refusing a folder that holds no CIFAR-10
 
 
 # ----------------------------------------------------------------------------- public API
@@ -161,13 +162,28 @@ def _local_root(data_dir: str) -> str | None:
 
 
 def _require_download(data_dir: str, download: bool) -> None:
-    if download:
-        return
+    """Refuse unless downloading is on and `data_dir` is new or empty: a folder that already holds
+    something else is most likely a wrong --data-dir, and the archive must not land among a user's files."""
     fs, root = storage.resolve(data_dir)
     kind = fs.get_file_info(root).type
-    state = {pafs.FileType.NotFound: "it does not exist", pafs.FileType.File: "it is a file"}.get(
-        kind, "it holds none of the three formats")
-    raise DataError(f"no CIFAR-10 found in {data_dir} ({state}; download is off): {_HINT}")
+    found = _visible_entries(fs, root) if kind == pafs.FileType.Directory else []
+    if download and not found:
+        return
+    if found:
+        shown = ", ".join(found[:_SHOWN]) + (f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else "")
+        state = f"it holds {shown}"
+    else:
+        state = {pafs.FileType.NotFound: "it does not exist", pafs.FileType.File: "it is a file"}.get(
+            kind, "it holds none of the three formats")
+    cure = "; download is off" if not download else "; CIFAR-10 is only downloaded into a new or empty folder"
+    raise DataError(f"no CIFAR-10 found in {data_dir} ({state}{cure}): {_HINT}")
+
+
+def _visible_entries(fs: pafs.FileSystem, root: str) -> list[str]:
+    """Sorted names in `root` (folders with a trailing /), leaving out hidden ones: the download's own
+    lock and staging files start with a dot, and so do .DS_Store and the like."""
+    kinds = _entry_types(fs, root) or {}
+    return sorted(f"{n}/" if k == "dir" else n for n, k in kinds.items() if not n.startswith("."))
 
 
 # ----------------------------------------------------------------------------- parquet

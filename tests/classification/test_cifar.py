@@ -407,6 +407,26 @@ def test_load_downloads_into_empty_dir(tmp_path, splits, archive_server, monkeyp
     assert len(gets) == 1  # the second load finds the data
 
 
+def test_non_empty_folder_without_cifar_is_refused_not_downloaded_into(tmp_path, archive_server, monkeypatch):
+    """A --data-dir that already holds other files is a mistake to report, not a place to download to."""
+    url, md5, gets = archive_server
+    monkeypatch.setattr(cifar, "CIFAR10_URL", url)
+    monkeypatch.setattr(cifar, "CIFAR10_MD5", md5)
+    photos = tmp_path / "photos"
+    (photos / "holiday").mkdir(parents=True)
+    for name in ("notes.txt", "a.jpg", "b.jpg", "c.jpg", "y.png", "z.png"):
+        (photos / name).write_bytes(b"x")
+    before = sorted(p.name for p in photos.iterdir())
+    message = one_line_error(lambda: load_cifar10(str(photos)), str(photos), "a.jpg", "holiday/", "notes.txt",
+                             "and 2 more", "new or empty folder", "train.parquet")
+    assert "download is off" not in message and "y.png" not in message
+    assert gets == [] and sorted(p.name for p in photos.iterdir()) == before  # nothing fetched, nothing written
+    (tmp_path / "hidden").mkdir()
+    (tmp_path / "hidden" / ".DS_Store").write_bytes(b"x")  # hidden files alone: still an empty folder
+    check_arrays(load_cifar10(str(tmp_path / "hidden"), train_samples=12), 12, N_TEST, "python")
+    assert len(gets) == 1
+
+
 def test_concurrent_downloads_fetch_once(tmp_path, archive_server):
     url, md5, gets = archive_server
     errors = []
