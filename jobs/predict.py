@@ -26,7 +26,7 @@ import _common
 from cvray.classification.predict import PredictConfig
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = _common.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, metavar="RUN",
                         help="training run folder, or its model.pt (path or URI)")
@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                         help="one GPU per actor (default: when the cluster has GPUs); --gpu on a "
                              "cluster without GPUs is an error")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     config = PredictConfig(run=args.run, **_folder_args.folder_fields(args))
     from cvray.on_ray.predict import run_predict  # after argument checks: --help stays fast

@@ -14,6 +14,7 @@ summary and the manifest); 2 for a usage or input error (nothing stylised); 130 
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import _folder_args
@@ -23,12 +24,16 @@ import _style_args
 from cvray.style.config import StylizeFolderConfig
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = _common.make_parser(__doc__.splitlines()[0])
     _folder_args.add_folder_args(parser, actors="stylising", batch_default=4,
                                  batch_help="images of one shape optimised together by an actor")
     _style_args.add_style_args(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     config = StylizeFolderConfig(style=_style_args.style_config_from_args(args), style_images=tuple(args.style),
                                  **_folder_args.folder_fields(args))
