@@ -19,7 +19,7 @@ from cvray.classification import runs
 from cvray.errors import ClusterError
 from cvray.on_ray.connect import check_reachable, connect
 from cvray.on_ray.placement import resolve_gpu
-from cvray.on_ray.sweeps import error_line, make_tuner, open_sweep, search_space, trial_count
+from cvray.on_ray.sweeps import error_line, fit, make_tuner, open_sweep, search_space, trial_count, was_interrupted
 from cvray.params import ParamSpec
 from cvray.style.config import StyleConfig
 
@@ -112,9 +112,10 @@ def run_style_sweep(sweep: StyleSweep, content, styles, *, address: str | None =
     tuner = make_tuner(trainable, space, name=sweep.name, storage_path=storage_path, directory=directory,
                        search=sweep.search, num_samples=sweep.num_samples, concurrency=sweep.max_concurrent,
                        retry_failed=sweep.retry_failed, seed=sweep.config.seed, metric="style_loss", mode="min")
-    results = tuner.fit()
+    results, ctrl_c = fit(tuner)
     rows = [_row(result, sweep, directory) for result in results]
-    return _report(directory, sweep, rows)
+    interrupted = was_interrupted(results, ctrl_c, trial_count(sweep.params, sweep.search, sweep.num_samples))
+    return _report(directory, sweep, rows, interrupted)
 
 
 def _row(result, sweep: StyleSweep, directory: str) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def _row(result, sweep: StyleSweep, directory: str) -> dict[str, Any]:
             "image": metrics.get("image", storage.join(directory, IMAGES_FOLDER, f"{trial}.png") if ran else "")}
 
 
-def _report(directory: str, sweep: StyleSweep, rows: list[dict[str, Any]]) -> StyleSweepOutcome:
+def _report(directory: str, sweep: StyleSweep, rows: list[dict[str, Any]], interrupted: bool) -> StyleSweepOutcome:
     from cvray import sweep_report
     from cvray.images import load_image
     from cvray.style.sweep import contact_sheet_png, pareto_front, pareto_png, swept_label
@@ -147,7 +148,5 @@ def _report(directory: str, sweep: StyleSweep, rows: list[dict[str, Any]]) -> St
         storage.write_bytes_atomic(storage.join(directory, "pareto.png"), pareto_png(
             done, label_keys=swept, title=f"style sweep {sweep.name}: unweighted losses"))
     front = [done[i] for i in pareto_front([(r["content_loss"], r["style_loss"]) for r in done])]
-    expected = trial_count(sweep.params, sweep.search, sweep.num_samples)
-    interrupted = len(rows) < expected or any(r["status"] == "not run" for r in rows)  # Ctrl-C
     return StyleSweepOutcome(directory, rows, front, interrupted)
 

@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +134,9 @@ def run_train_sweep(sweep: TrainSweep, *, address: str | None = None, fresh: boo
              f"{plan.workers.count} worker(s) ({'GPU' if plan.workers.use_gpu else f'{plan.workers.cpus_each:g} CPU'}"
              f" each) -> {directory}")
     tuner = _tuner(sweep, trainable, space, plan.concurrency, storage_path, directory, base.epochs)
-    results = tuner.fit()
+    results, ctrl_c = fit(tuner)
     rows = [_row(result, sweep, base) for result in results]
-    return _report(directory, sweep, rows, results)
+    return _report(directory, sweep, rows, was_interrupted(results, ctrl_c, count))
 
 
 def _check_batch_sizes(sweep: TrainSweep, base: TrainConfig, workers: int) -> None:
@@ -259,7 +261,7 @@ def error_line(error: BaseException) -> str:
     return re.sub(r"\b(?:\w+\.)+\w+: ", "", root_cause_line(error))
 
 
-def _report(directory: str, sweep: TrainSweep, rows: list[dict[str, Any]], results) -> SweepOutcome:
+def _report(directory: str, sweep: TrainSweep, rows: list[dict[str, Any]], interrupted: bool) -> SweepOutcome:
     swept = [p.field for p in sweep.params]
     rows.sort(key=lambda r: sweep_report.swept_order(r, swept))
     histories = {r["trial"]: r.pop("_history") for r in rows}
@@ -269,7 +271,30 @@ def _report(directory: str, sweep: TrainSweep, rows: list[dict[str, Any]], resul
               for r in rows}
     storage.write_bytes_atomic(storage.join(directory, sweep_report.CURVES_NAME), sweep_report.curves_png(
         histories, labels, best["trial"] if best else None, title=f"sweep {sweep.name}: validation accuracy"))
-    # Ctrl-C: trials not yet created are absent from the results, unstarted ones have no epochs.
-    interrupted = len(rows) < trial_count(sweep.params, sweep.search, sweep.num_samples) or any(
-        r["status"] == "not run" or (r["status"] == "early-stopped" and not sweep.early_stop) for r in rows)
     return SweepOutcome(directory, rows, dict(best) if best else None, interrupted)
+
+
+def fit(tuner: tune.Tuner):
+    """tuner.fit(), and whether Ctrl-C (or SIGUSR1) ended it early.
+
+    Tune's own SIGINT handler ends the run gracefully and marks the running trials TERMINATED, as if
+    they had finished or ASHA had stopped them (their saved state still resumes them). It puts back
+    the handler it found when it fires, so a handler of ours still in place afterwards means it did.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        return tuner.fit(), False
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, ours)
+    try:
+        results = tuner.fit()
+        return results, signal.getsignal(signal.SIGINT) is ours
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def was_interrupted(results, ctrl_c: bool, expected_trials: int) -> bool:
+    """Whether the sweep stopped before every trial ended: Ctrl-C, or trials never created."""
+    return ctrl_c or len(results) < expected_trials or results.num_terminated + results.num_errors < len(results)
