@@ -18,8 +18,10 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: TrainConfig, *, da
     where.add_argument("--address", default=None,
                        help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto "
                             "(default: $RAY_ADDRESS, else a local Ray started by this job)")
-    where.add_argument("--num-workers", type=_common.positive_int, default=None,
-                       help="Ray Train workers (default: one per GPU on a GPU cluster, else 1)")
+    where.add_argument("--num-workers", type=worker_count, default=None, metavar="N|MIN-MAX",
+                       help="Ray Train workers (default: one per GPU on a GPU cluster, else 1); MIN-MAX: "
+                            "elastic, as many as the cluster can place, carrying on with the workers left "
+                            "when one is lost (with --max-failures); the global batch stays fixed")
     gpu = where.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", dest="use_gpu", action="store_true", default=None,
                      help="train on GPUs (error if the cluster has none; default: GPUs when the cluster has them)")
@@ -55,6 +57,18 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: TrainConfig, *, da
     return where, hyper
 
 
+def worker_count(text: str) -> tuple[int | None, int]:
+    """--num-workers: N (as (None, N)) or MIN-MAX with 1 <= MIN <= MAX (as (MIN, MAX))."""
+    low, sep, high = text.partition("-")
+    try:
+        counts = (_common.positive_int(low), _common.positive_int(high)) if sep else (None, _common.positive_int(low))
+    except (ValueError, argparse.ArgumentTypeError):
+        counts = None
+    if counts is None or (counts[0] is not None and counts[0] > counts[1]):
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX with 1 <= MIN <= MAX, got {text!r}")
+    return counts
+
+
 def add_subset_args(group: argparse._ArgumentGroup, which: str) -> None:
     """--train-samples / --test-samples: `which` says how the subset is taken (e.g. "the first")."""
     for split in ("train", "test"):
@@ -67,7 +81,8 @@ def train_config_fields(args: argparse.Namespace) -> dict:
     return {
         "batch_size": args.batch_size, "lr": args.lr, "precision": args.precision, "seed": args.seed,
         "val_share": args.val_share,
-        "epochs": args.epochs, "num_workers": args.num_workers, "use_gpu": args.use_gpu,
+        "epochs": args.epochs, "use_gpu": args.use_gpu,
+        "min_workers": (args.num_workers or (None, None))[0], "num_workers": (args.num_workers or (None, None))[1],
         "cpus_per_worker": args.cpus_per_worker, "data_dir": args.data_dir, "storage_path": args.storage_path,
         "name": args.name, "max_failures": args.max_failures,
     }

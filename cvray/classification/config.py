@@ -52,7 +52,11 @@ class TrainConfig(JsonConfig):
     epochs: int = 10
     """Total epochs; rerunning with a larger value trains on from the last checkpoint."""
     num_workers: int | None = None
-    """Ray Train workers; None: one per GPU on a GPU cluster, else 1."""
+    """Ray Train workers (the most, with min_workers); None: one per GPU on a GPU cluster, else 1."""
+    min_workers: int | None = None
+    """Elastic training (--num-workers MIN-MAX): Ray Train runs on as many workers as the cluster
+    can place, between this and num_workers, and restarts on the workers left when one is lost.
+    None: exactly num_workers."""
     use_gpu: bool | None = None
     """None: use GPUs when the cluster has them."""
     cpus_per_worker: float | None = None
@@ -71,13 +75,15 @@ class TrainConfig(JsonConfig):
     """Seconds between progress lines inside an epoch (long CPU epochs); the epoch line always shows."""
 
     RESUMABLE: ClassVar[tuple[str, ...]] = (
-        "epochs", "num_workers", "use_gpu", "cpus_per_worker", "data_dir", "storage_path",
+        "epochs", "num_workers", "min_workers", "use_gpu", "cpus_per_worker", "data_dir", "storage_path",
         "name", "max_failures", "eval_batch_size", "progress_every_s",
     )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_share < 0.5:
             raise ConfigError(f"--val-share must be in [0, 0.5), got {self.val_share}")
+        if self.min_workers is not None and not 1 <= self.min_workers <= (self.num_workers or 1):
+            raise ConfigError(f"--num-workers {self.min_workers}-{self.num_workers}: MIN must be 1 to MAX")
 
     def hyperparameters(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run it resumes."""

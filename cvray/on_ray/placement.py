@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cvray.errors import ClusterError
+from cvray.errors import ClusterError, ConfigError
 
 GPU_WORKER_MAX_CPUS = 4
 """CPUs a GPU training worker takes by default, at most (its data loading and Python)."""
@@ -45,6 +45,12 @@ class Placement:
     """CPUs each reserves from Ray."""
     threads_each: int
     """torch threads each runs (Ray sets OMP_NUM_THREADS to the reservation, which may be fractional)."""
+    min_count: int | None = None
+    """Elastic training workers: Ray Train runs between min_count and count of them (None: count)."""
+
+    def counts(self) -> range:
+        """Every worker count the run may have."""
+        return range(self.min_count or self.count, self.count + 1)
 
 
 def resolve_gpu(use_gpu: bool | None, cluster: ClusterInfo) -> bool:
@@ -63,9 +69,12 @@ def tasks_reserve(cluster_cpus: float) -> float:
 
 def plan_workers(
     cluster: ClusterInfo, num_workers: int | None = None, use_gpu: bool | None = None,
-    cpus_per_worker: float | None = None, *, leave_cpus_for_tasks: bool = False,
+    cpus_per_worker: float | None = None, *, leave_cpus_for_tasks: bool = False, min_workers: int | None = None,
 ) -> Placement:
     """Ray Train workers (flags --num-workers, --gpu/--no-gpu, --cpus-per-worker).
+
+    min_workers: elastic (--num-workers MIN-MAX, num_workers the MAX): each worker's CPUs are
+    sized for the most workers, so the largest group fits the cluster as it is now.
 
     leave_cpus_for_tasks: the workers read a Ray Data stream, whose decode tasks need CPUs of
     their own; the workers then share what is left, in fractions of a CPU if need be.
@@ -82,7 +91,26 @@ def plan_workers(
             f"{count} workers x {cpus:g} CPUs need {count * cpus:g} CPUs{left}; the cluster has {cluster.cpus:g} "
             "(use fewer --num-workers or --cpus-per-worker)"
         )
-    return Placement(count, use_gpu, float(cpus), max(1, math.floor(cpus)))
+    elastic = min_workers if min_workers is not None and min_workers < count else None
+    return Placement(count, use_gpu, float(cpus), max(1, math.floor(cpus)), elastic)
+
+
+def check_global_batch(batch_size: int, placement: Placement) -> None:
+    """The global batch is split evenly over the workers, whatever their number (an elastic run
+    changes it on a restart): refuse a worker count that does not divide it."""
+    bad = [n for n in placement.counts() if batch_size % n]
+    if not bad:
+        return
+    if placement.min_count is None:
+        raise ConfigError(
+            f"--batch-size {batch_size} is not divisible by {placement.count} workers "
+            f"(it is the global batch; each worker takes batch_size / workers)"
+        )
+    raise ConfigError(
+        f"--batch-size {batch_size} is not divisible by {', '.join(map(str, bad))} workers, which "
+        f"--num-workers {placement.min_count}-{placement.count} may run on (it is the global batch, "
+        "fixed for the run: pick a batch every count divides, or a narrower range)"
+    )
 
 
 def plan_actors(

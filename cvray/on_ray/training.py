@@ -13,7 +13,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import tempfile
+import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from cvray import console
+from cvray import console, storage
 from cvray.classification import runs
 from cvray.classification.config import TrainConfig
 from cvray.classification.datasets import ImageClassData
@@ -31,13 +34,19 @@ from cvray.classification.worker import WorkerRun
 from cvray.errors import ConfigError, CvrayError, root_cause_line
 from cvray.on_ray import streaming
 from cvray.on_ray.connect import check_reachable, connect
-from cvray.on_ray.placement import Placement, plan_workers
+from cvray.on_ray.placement import Placement, check_global_batch, plan_workers
+from cvray.on_ray.storage_check import check_storage_visible
 from cvray.on_ray.streaming import StreamSource
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 CHECKPOINTS_KEPT = 2
+PLACEMENT_TRIES = 3
+"""Attempts to place a worker group (each waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by
+default) before the run stops; on an autoscaling cluster a group waits up to ~3 minutes for nodes."""
+RUN_LOG = "train.log"
+"""The run folder's log of failures: every worker error and Ray Train warning, tracebacks included."""
 
 
 class TrainingFailed(CvrayError):
@@ -74,8 +83,6 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location=device, weights_only=True)
         run.load_state_dict(state)
-        if run.rank == 0:
-            log.info(f"resumed from the checkpoint after epoch {run.epoch}")
     device_names = ",".join(_gather_device_names(device))
     while run.epoch < config.epochs:
         progress = None
@@ -91,8 +98,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                 runs.write_epoch_files(directory, run.history)  # keyed by epoch: a rerun epoch leaves one row
                 # model.pt after every epoch: a run stopped early (a sweep's ASHA, Ctrl-C) is usable as it is.
                 runs.save_model(directory, run.state_dict())
-                log.info(console.epoch_line(row, config.epochs))
-            # A barrier: every worker reports once per epoch.
+            # A barrier: every worker reports once per epoch. The epoch line is RunEvents' (Ray
+            # Train's controller logs it once the checkpoint is registered, so it shows once).
             ray.train.report({**row, "devices": device_names}, checkpoint=checkpoint)
 
 
@@ -121,6 +128,99 @@ def _gather_device_names(device: torch.device) -> list[str]:
     return names
 
 
+class RunEvents(ray.train.UserCallback):
+    """What a run's user sees of Ray Train's controller: one epoch line per registered checkpoint
+    and one line per recovered failure; the tracebacks go to the run folder's RUN_LOG.
+
+    Ray Train calls it in its controller process (which logs to the driver's console). Logging the
+    epoch line there, after Ray has registered that epoch's checkpoint, means a rerun epoch (a
+    worker killed after its report but before the controller saw it) never shows twice.
+    """
+
+    def __init__(self, directory: str, epochs: int, max_failures: int, *, start_epoch: int = 0,
+                 verbose: bool = False):
+        self.directory, self.epochs, self.max_failures, self.verbose = directory, epochs, max_failures, verbose
+        self.checkpointed = start_epoch  # the epoch a restart resumes after
+        self.failures = 0
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self._install_console_filter()
+        row = metrics[0] if metrics else {}
+        if checkpoint is not None and "epoch" in row:
+            self.checkpointed = int(row["epoch"])
+            log.info(console.epoch_line(row, self.epochs))
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        self._install_console_filter()
+        self.failures += 1
+        what = describe_failure(worker_exceptions)
+        _append_run_log(self.directory, "".join(
+            f"worker rank {rank}:\n" + "".join(traceback.format_exception(exc))
+            for rank, exc in sorted(worker_exceptions.items())))
+        if self.failures <= self.max_failures:  # else fit() raises: the driver's error line says it
+            log.warning(f"{what}; resuming from the checkpoint after epoch {self.checkpointed} "
+                        f"(failure {self.failures} of {self.max_failures}; details in {RUN_LOG})")
+
+    def _install_console_filter(self) -> None:
+        """Set up the "cvray" logger in this process, and route Ray Train's logs of a recovered
+        failure (tracebacks, e.g. "Graceful shutdown of backend failed": 24 lines) into the run log
+        and off the console unless --verbose. Done from a hook, not __init__: Ray configures the
+        controller's logging after unpickling this callback."""
+        console.configure_logging()
+        for handler in logging.getLogger("ray.train").handlers:
+            if _is_console(handler) and not any(isinstance(f, _TracebacksToRunLog) for f in handler.filters):
+                handler.addFilter(_TracebacksToRunLog(self.directory, keep_on_console=self.verbose))
+
+
+def describe_failure(worker_exceptions: dict[int, Exception]) -> str:
+    """E.g. "training worker rank 1 (pid 4242) died" or "training worker rank 0 failed: ValueError: x"."""
+    parts = []
+    for rank, exc in sorted(worker_exceptions.items()):
+        text = str(exc)
+        pid = re.search(r"\bpid: (\d+)", text)
+        where = f"training worker rank {rank}" + (f" (pid {pid.group(1)})" if pid else "")
+        if "died" in text or "ActorDied" in type(exc).__name__ or "ActorDied" in text:
+            node = " (its node died)" if re.search(r"node .*(died|dead)|NODE_DIED|raylet", text, re.I) else ""
+            parts.append(f"{where} died{node}")
+        else:
+            parts.append(f"{where} failed: {root_cause_line(exc)}")
+    return "; ".join(parts) or "the worker group failed"
+
+
+class _TracebacksToRunLog(logging.Filter):
+    """On a console handler: WARNING and above also go to the run log; records that carry a
+    traceback stay off the console unless kept."""
+
+    def __init__(self, directory: str, *, keep_on_console: bool):
+        super().__init__()
+        self.directory, self.keep = directory, keep_on_console
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        _append_run_log(self.directory, f"{record.levelname} {record.name}: {text}\n")
+        return self.keep or not record.exc_info
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return type(handler).__name__ == "PlainRayHandler" or (
+        isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler))
+
+
+def _append_run_log(directory: str, text: str) -> None:
+    """Append to the run folder's RUN_LOG (rare events: a whole-file rewrite is fine, and works on
+    URIs too). Never raises: a log that cannot be written must not stop a recovery."""
+    path = storage.join(directory, RUN_LOG)
+    try:
+        old = storage.read_bytes(path).decode() if storage.exists(path) else ""
+        storage.write_text_atomic(path, f"{old}--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}")
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.debug(f"could not write {path}: {exc}")
+
+
 def launch_training(
     recipe: Recipe, config: TrainConfig, directory: str, placement: Placement, *,
     data: ray.ObjectRef | None = None, stream: Stream | None = None, verbose: bool = False,
@@ -135,6 +235,8 @@ def launch_training(
     checkpoints_kept: the latest checkpoints kept in the run folder (a sweep trial keeps one).
     Raises TrainingFailed when the worker group fails for good.
     """
+    events = RunEvents(directory, config.epochs, config.max_failures, start_epoch=runs.last_epoch(directory),
+                       verbose=verbose)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -145,12 +247,16 @@ def launch_training(
         datasets=None if stream is None else stream.datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=placement.count, use_gpu=placement.use_gpu,
+            num_workers=placement.count if placement.min_count is None else (placement.min_count, placement.count),
+            use_gpu=placement.use_gpu,
             resources_per_worker={"CPU": placement.cpus_each, **({"GPU": 1} if placement.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=config.name, storage_path=config.storage_path, callbacks=callbacks,
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            name=config.name, storage_path=config.storage_path, callbacks=[events, *(callbacks or [])],
+            # Ray retries a worker group it cannot place forever by default (-1): a fixed count on a
+            # cluster that lost a node would wait for good. PLACEMENT_TRIES bounds it.
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures,
+                                                   controller_failure_limit=PLACEMENT_TRIES - 1),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoints_kept),
             # Quiet by default: our per-epoch line is the progress; Ray Train's INFO lines (two per
             # epoch, with the whole metrics dict) would bury it. Warnings and errors still show.
@@ -160,12 +266,28 @@ def launch_training(
     try:
         result = trainer.fit()
     except (ray.train.TrainingFailedError, ray.train.ControllerError) as exc:
+        if "WorkerGroupStartup" in type(getattr(exc, "controller_failure", None)).__name__:
+            raise TrainingFailed(_unplaced_line(placement, runs.last_epoch(directory))) from None
         cause = root_cause_line(exc)
         hint = "" if "diverged" in cause else "; rerun the same command to resume"  # a rerun would diverge again
         raise TrainingFailed(f"training failed: {cause}{hint}") from None
     metrics = result.metrics or {}
     devices = str(metrics.get("devices", "")).split(",") if metrics.get("devices") else []
     return devices or ["cpu"] * placement.count
+
+
+def _unplaced_line(placement: Placement, epoch: int) -> str:
+    need = f"{placement.count} workers x {'1 GPU' if placement.use_gpu else f'{placement.cpus_each:g} CPU'}"
+    return (f"training stopped after epoch {epoch}: the cluster cannot place the worker group ({need}) after "
+            f"{PLACEMENT_TRIES} tries of {_start_timeout_s():g} s; rerun the same command to resume once it has "
+            "room, or use --num-workers MIN-MAX to carry on with the workers that fit")
+
+
+def _start_timeout_s() -> float:
+    from ray.train.v2._internal import constants
+
+    return float(os.environ.get(constants.WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
+                                constants.DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
 
 
 @dataclass(frozen=True)
@@ -197,18 +319,16 @@ def run_training(
     data = None if streams else recipe.load_data(config)
     recipe.check(config)
     cluster = connect(address, quiet=not verbose)
+    check_storage_visible(runs.absolute(config.storage_path))
     placement = plan_workers(cluster, config.num_workers, config.use_gpu, config.cpus_per_worker,
-                             leave_cpus_for_tasks=streams)
-    if config.batch_size % placement.count:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is not divisible by {placement.count} workers "
-            f"(it is the global batch; each worker takes batch_size / workers)"
-        )
+                             leave_cpus_for_tasks=streams, min_workers=config.min_workers)
+    check_global_batch(config.batch_size, placement)
     stream, skipped = (_prepare_stream(recipe, config, verbose) if streams else (None, data.skipped))
     _log_data(config, data, stream, skipped)
     config = config.replace(
         name=config.name or config.default_name(), storage_path=runs.absolute(config.storage_path),
-        num_workers=placement.count, use_gpu=placement.use_gpu, cpus_per_worker=placement.cpus_each,
+        num_workers=placement.count, min_workers=placement.min_count, use_gpu=placement.use_gpu,
+        cpus_per_worker=placement.cpus_each,
     )
     directory = runs.run_dir(config)
     finished = runs.open_run(directory, recipe.name, config, fresh=fresh)
@@ -218,8 +338,9 @@ def run_training(
         log.info(f"skipped {len(skipped)} unreadable files: listed in {runs.write_skipped(directory, skipped)}")
     data_ref = None if data is None else ray.put(data.to_numpy())  # decoded once; a node's workers share it
     del data
+    workers = placement.count if placement.min_count is None else f"{placement.min_count}-{placement.count}"
     log.info(
-        f"training {config.epochs} epoch{'s' if config.epochs != 1 else ''} on {placement.count} worker(s) "
+        f"training {config.epochs} epoch{'s' if config.epochs != 1 else ''} on {workers} worker(s) "
         f"({'GPU' if placement.use_gpu else f'{placement.cpus_each:g} CPU'} each) -> {directory}"
     )
     try:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from cvray.errors import ClusterError
-from cvray.on_ray.placement import ClusterInfo, Placement, plan_actors, plan_workers, resolve_gpu, tasks_reserve
+from cvray.errors import ClusterError, ConfigError
+from cvray.on_ray.placement import (
+    ClusterInfo,
+    Placement,
+    check_global_batch,
+    plan_actors,
+    plan_workers,
+    resolve_gpu,
+    tasks_reserve,
+)
 
 CPU_LAPTOP = ClusterInfo(cpus=2, gpus=0)
 CPU_BOX = ClusterInfo(cpus=16, gpus=0)
@@ -74,3 +82,43 @@ def test_actors_default_to_one_per_two_cpus_and_never_take_the_read_tasks_cpus()
 def test_gpu_actors_take_one_gpu_and_at_most_one_cpu():
     assert plan_actors(GPU_NODE) == Placement(count=4, use_gpu=True, cpus_each=1.0, threads_each=1)
     assert plan_actors(ClusterInfo(cpus=2, gpus=4), 4).cpus_each == pytest.approx(0.375)  # (2 - 0.5) / 4
+
+
+def test_an_elastic_range_sizes_workers_for_its_largest_group():
+    elastic = plan_workers(CPU_BOX, 4, None, None, min_workers=2)
+    assert elastic == Placement(count=4, use_gpu=False, cpus_each=4.0, threads_each=4, min_count=2)
+    assert list(elastic.counts()) == [2, 3, 4]
+    assert plan_workers(CPU_BOX, 4, None, None, min_workers=4).min_count is None  # 4-4 is a fixed count
+    with pytest.raises(ClusterError, match="need 16 CPUs"):  # the largest group must fit the cluster as it is
+        plan_workers(CPU_LAPTOP, 4, None, 4, min_workers=1)
+
+
+def test_the_global_batch_must_split_evenly_over_every_worker_count_a_run_may_have():
+    check_global_batch(64, plan_workers(CPU_BOX, 2, None, None, min_workers=1))  # 64 / 1 and 64 / 2
+    check_global_batch(48, plan_workers(CPU_BOX, 4, None, None, min_workers=1))  # 1, 2, 3 and 4 divide 48
+    with pytest.raises(ConfigError, match=r"^--batch-size 64 is not divisible by 3 workers, which "
+                                          r"--num-workers 1-4 may run on \(it is the global batch"):
+        check_global_batch(64, plan_workers(CPU_BOX, 4, None, None, min_workers=1))
+    with pytest.raises(ConfigError, match=r"^--batch-size 63 is not divisible by 2 workers \(it is the global"):
+        check_global_batch(63, plan_workers(CPU_BOX, 2))
+
+
+@pytest.mark.parametrize("text, counts", [("3", (None, 3)), ("1-4", (1, 4)), ("2-2", (2, 2))])
+def test_num_workers_takes_a_count_or_a_range(text, counts):
+    import train_cifar
+
+    args = train_cifar.build_parser().parse_args(["--num-workers", text])
+    assert args.num_workers == counts
+    config = train_cifar.config_from_args(args)
+    assert (config.min_workers, config.num_workers) == counts
+
+
+@pytest.mark.parametrize("text", ["0", "4-2", "0-2", "2-", "a-b", "1-2-3"])
+def test_a_bad_num_workers_is_one_line_and_exit_code_2(text, capsys):
+    import train_cifar
+
+    with pytest.raises(SystemExit) as caught:
+        train_cifar.build_parser().parse_args(["--num-workers", text])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-workers" in err, err
