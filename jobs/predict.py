@@ -23,6 +23,7 @@ import sys
 import _folder_args
 
 import _common
+from cvray import names
 from cvray.classification.predict import PredictConfig
 
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
 
     result = run_predict(config, address=args.address)
     for line in result.lines():
-        print(line)
+        print(names.redact_text(line))
     return 0
 
 

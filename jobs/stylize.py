@@ -21,7 +21,7 @@ import sys
 
 import _common
 import _style_args
-from cvray import storage
+from cvray import names, storage
 from cvray.errors import ConfigError
 from cvray.grids import comparison_picture
 from cvray.images import WRITE_FORMATS, encode_image, format_for, load_image, png_bytes, to_pil
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     stylizer = Stylizer(config, styles, device=device)
     contents = stylizer.prepare_content(content).unsqueeze(0)
     height, width = contents.shape[2:]
-    print(f"stylising {args.content} at {height}x{width} with {', '.join(args.style)} "
+    shown = [names.redact(p) for p in (args.content, *args.style)]  # URIs may carry credentials
+    print(f"stylising {shown[0]} at {height}x{width} with {', '.join(shown[1:])} "
           f"({config.arch}, preset {config.preset}, {config.iterations} iterations on {device})")
 
     def on_step(iteration, images):
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         print(f"content loss {final['content']:.3f}, style loss {final['style']:.3f}, "
               f"TV loss {final['tv']:.3f}")
     print(f"{result.seconds:.1f} sec/image on {device}")
-    print(f"wrote {args.output}")
+    print(f"wrote {names.redact(args.output)}")
     return 0
 
 
@@ -110,7 +111,7 @@ def write_outputs(paths, args, config, device, content, styles, result) -> None:
         "size": list(result.images.shape[2:]),
         "final_losses": {k: float(v[0, -1]) for k, v in result.losses.items() if n},
     }
-    storage.write_text_atomic(paths["run"], json.dumps(run, indent=2) + "\n")
+    storage.write_text_atomic(paths["run"], json.dumps(names.redact_values(run), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import _folder_args
 
 import _common
 import _style_args
+from cvray import names
 from cvray.style.config import StylizeFolderConfig
 
 
@@ -40,9 +41,9 @@ def main(argv=None) -> int:
     from cvray.on_ray.bulk import run_bulk  # after argument checks: --help stays fast
 
     summary = run_bulk(config, address=args.address)
-    print(summary.line())
+    print(names.redact_text(summary.line()))
     for error in summary.errors:
-        print(f"  failed: {error}")
+        print(names.redact_text(f"  failed: {error}"))
     return 0
 
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from cvray import plots, storage
+from cvray import names, plots, storage
 from cvray.classification.config import TrainConfig
 from cvray.classification.metrics import METRIC_COLUMNS, EpochMetrics, RunSummary, epoch_row, summarize
 from cvray.errors import ConfigError, DataError, first_line
@@ -39,7 +39,9 @@ MODEL_KEYS = ("model", "config", "classes", "epoch", "recipe", "arch", "transfor
 
 
 def run_dir(config: TrainConfig) -> str:
-    return storage.join(config.storage_path, config.name or config.default_name())
+    """The run's folder: --storage-path joined with a checked name (ConfigError for a name that could
+    leave --storage-path or confuse a file system, before anything is written or --fresh deletes)."""
+    return storage.join(config.storage_path, names.check_name(config.name or config.default_name()))
 
 
 def absolute(path: str) -> str:
