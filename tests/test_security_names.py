@@ -83,6 +83,24 @@ def test_sweep_names_cannot_leave_the_storage_path():
         sweep_train.make_sweep(args, job_argv)
 
 
+@pytest.mark.parametrize("key", ["a/../../x.jpg", "../x.jpg", "/etc/x.jpg", "a//x.jpg", "./x.jpg", "a\\..\\x.jpg",
+                                 "x\x00.jpg", "_cvray/manifest.png", "．．/x.jpg", "\u202egpj.png", "con.png",
+                                 "a/\u2025/x.png", "%2e%2e/x.jpg"])
+def test_folder_job_outputs_stay_in_the_output_folder(tmp_path, key):
+    """Bulk stylisation and predict name each output after its input's key, which an object store
+    lets anyone choose: every key is refused or lands inside OUTPUT (and outside OUTPUT/_cvray)."""
+    from cvray import folders
+
+    out = folders.open_folder(str(tmp_path / "out"))
+    try:
+        rel, _ = folders.output_name(key)
+    except DataError as exc:
+        assert "\n" not in str(exc)
+        return
+    path = os.path.realpath(out.path_of(rel))
+    assert path.startswith(out.path + os.sep) and not path.startswith(folders.metadata_path(out)), (key, path)
+
+
 # ----------------------------------------------------------------------------- credentials
 
 @pytest.mark.parametrize(("uri", "shown"), [
