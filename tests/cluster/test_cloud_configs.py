@@ -96,7 +96,10 @@ def test_launcher_config_passes_rays_validation():
     group = gpu_groups[0]
     assert group["resources"]["GPU"] >= 1 and group["min_workers"] == 0 and group["max_workers"] >= 1
     assert config["provider"]["type"] == "aws"
-    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+    starts = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in starts  # the job API only through `ray dashboard`'s tunnel
+    assert starts.count("RAY_AUTH_MODE=token ray start") == 2  # token auth on head and workers
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # one token everywhere
 
 
 @pytest.mark.parametrize("breakage", ["misspelled key", "unknown head type", "bad type"])
