@@ -281,6 +281,9 @@ def fit(tuner: tune.Tuner):
     they had finished or ASHA had stopped them (their saved state still resumes them). It puts back
     the handler it found when it fires, so a handler of ours still in place afterwards means it did.
     """
+    # Tune's newer console output prints a banner and a TensorBoard hint even at verbose=0; the old
+    # reporter at verbose=0 prints nothing (our table at the end is the report).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
         return tuner.fit(), False
 
