@@ -151,8 +151,14 @@ def table_bytes(table: pa.Table) -> bytes:
 
 
 def write_manifest_part(folder: Folder, record: ManifestRecord, kind: ManifestKind = STYLIZE_MANIFEST) -> None:
+    """DataError when the output cannot be written (a disk or object store gone): the job stops
+    with that line, since no outcome could be recorded; what was recorded stays for the rerun."""
     data = table_bytes(records_to_table([record], kind))
-    folders.write_file(folder, part_path(folder, record["relpath"]), data)
+    try:
+        folders.write_file(folder, part_path(folder, record["relpath"]), data)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot write the manifest under {folder.uri}/{METADATA_DIR}: {first_line(exc)}; "
+                        "rerun the same command to resume") from None
 
 
 def read_manifest_state(
@@ -212,10 +218,14 @@ def write_manifest(
 ) -> str:
     """Write MANIFEST_NAME (and a CSV copy without list columns), then delete the merged parts."""
     table = records_to_table(sorted(records, key=lambda r: r["relpath"]), kind)
-    folders.write_file(folder, metadata_path(folder, MANIFEST_NAME), table_bytes(table))
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table.select(kind.csv_columns), sink)
-    folders.write_file(folder, metadata_path(folder, "manifest.csv"), sink.getvalue().to_pybytes())
+    try:
+        folders.write_file(folder, metadata_path(folder, MANIFEST_NAME), table_bytes(table))
+        folders.write_file(folder, metadata_path(folder, "manifest.csv"), sink.getvalue().to_pybytes())
+    except (OSError, pa.ArrowException) as exc:  # the parts stay: the next run merges them
+        raise DataError(f"cannot write the manifest under {folder.uri}/{METADATA_DIR}: {first_line(exc)}; "
+                        "rerun the same command to finish it") from None
     for path in merged_parts:
         try:
             folder.fs.delete_file(path)

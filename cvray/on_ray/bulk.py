@@ -21,7 +21,7 @@ import uuid
 from cvray import folders, storage
 from cvray.errors import DataError
 from cvray.images import decode_image
-from cvray.manifest import RunSummary, plan_work
+from cvray.manifest import STYLIZE_MANIFEST, RunSummary, plan_work
 from cvray.on_ray.connect import connect
 from cvray.on_ray.folder_job import describe, run_plan, run_stages
 from cvray.on_ray.placement import plan_actors
@@ -74,4 +74,5 @@ def _execute(config, todo, src, dst, style_bytes, run_id, address) -> None:
                                           "run_id": run_id, "batch_size": config.batch_size},
         rows_per_call=max(1, min(4 * config.batch_size, math.ceil(len(todo) / (2 * placement.count)))),
         items_per_decode_task=4,
+        kind=STYLIZE_MANIFEST, run_id=run_id,
     )

@@ -8,6 +8,8 @@ which files to process, skip or fail is cvray.manifest's plan.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
@@ -17,10 +19,12 @@ from typing import Any
 
 import ray
 
-from cvray.errors import CvrayError
+from cvray.errors import ClusterError, CvrayError, first_line
 from cvray.folders import Folder
-from cvray.manifest import Plan, RunSummary, failure_reason, merge_manifest
+from cvray.manifest import ManifestKind, Plan, RunSummary, failure_reason, merge_manifest, read_manifest_state
 from cvray.on_ray.placement import Placement
+
+log = logging.getLogger(__name__)
 
 DECODE_CPUS = 0.25
 """CPUs a read-and-decode task asks for: small, so reads always fit beside the actors."""
@@ -47,10 +51,50 @@ def run_plan(plan: Plan, dst: Folder, run_id: str, execute: Callable[[], None]) 
 def run_stages(
     todo: list, src: Folder, dst: Folder, placement: Placement, *,
     decode: Callable, decode_kwargs: dict[str, Any], actor: type, actor_kwargs: dict[str, Any],
-    rows_per_call: int, items_per_decode_task: int,
+    rows_per_call: int, items_per_decode_task: int, kind: ManifestKind, run_id: str,
 ) -> None:
     """todo -> decode tasks (DECODE_CPUS each) -> an actor pool sized by `placement` (one GPU per
-    actor on GPU placements), drained; every row's outcome is already in its manifest part."""
+    actor on GPU placements), drained; every row's outcome is already in its manifest part.
+
+    A worker that dies (an actor or task process killed, its node lost) stops the pipeline; the
+    files this run has not decided yet (no manifest part of this run) then go through a new
+    pipeline, up to ATTEMPTS pipelines in all. Ray Data's own actor restarts are off
+    (max_restarts=0): Ray 2.60 logs an error line for every restartable actor built from
+    object-store arguments, which Ray Data's actors always are (ray-project/ray#53727), and its
+    infinite task retries would hang a job on an image that kills every actor that takes it.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with _quiet_worker_deaths():
+                _drain(todo, src, dst, placement, decode, decode_kwargs, actor, actor_kwargs, rows_per_call,
+                       items_per_decode_task)
+            return
+        except Exception as exc:  # noqa: BLE001 - user errors become one line, lost workers a retry
+            user = user_error(exc)
+            if user is not None:
+                raise type(user)(failure_reason(user)) from None
+            if not lost_worker(exc):
+                raise
+            todo = undecided(todo, dst, run_id, kind)
+            if not todo:
+                return
+            if attempt == ATTEMPTS:
+                raise ClusterError(
+                    f"Ray workers died {ATTEMPTS} times ({first_line(exc)}); {len(todo)} files are left: "
+                    "what finished is kept, rerun the same command to resume") from None
+            log.warning(f"a Ray worker died ({first_line(exc)}): redoing the {len(todo)} files it left "
+                        f"unfinished (attempt {attempt + 1} of {ATTEMPTS})")
+
+
+ATTEMPTS = 3
+"""Pipelines a folder job runs at most when workers die (the first one included)."""
+LOST_WORKER = (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError,
+               ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError,
+               ray.exceptions.OwnerDiedError)
+
+
+def _drain(todo, src, dst, placement, decode, decode_kwargs, actor, actor_kwargs, rows_per_call,
+           items_per_decode_task) -> None:
     env = remote_env(src, dst)
     blocks = min(len(todo), max(2 * placement.count, math.ceil(len(todo) / items_per_decode_task)))
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
@@ -60,16 +104,56 @@ def run_stages(
         actor, batch_format="pyarrow", batch_size=rows_per_call,
         compute=ray.data.ActorPoolStrategy(size=placement.count),
         fn_constructor_kwargs={**actor_kwargs, "threads": placement.threads_each, "use_gpu": placement.use_gpu},
-        num_cpus=placement.cpus_each, num_gpus=1 if placement.use_gpu else 0, **env,
+        num_cpus=placement.cpus_each, num_gpus=1 if placement.use_gpu else 0, max_restarts=0, **env,
     )
+    for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        pass
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) says a Ray worker process or node went away."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, LOST_WORKER):
+            return True
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return False
+
+
+def undecided(todo: list, dst: Folder, run_id: str, kind: ManifestKind) -> list:
+    """The items of `todo` that no manifest part of this run decides yet."""
+    records, _ = read_manifest_state(dst, kind)
+    decided = {rel for rel, r in records.items() if r["run_id"] == run_id}
+    return [item for item in todo if item["relpath"] not in decided]
+
+
+class _DropWorkerDeaths(logging.Filter):
+    """Ray Data logs a worker's death as ERRORs with two full tracebacks (and an invitation to
+    report a Ray bug) before raising it; run_stages says it in one line of its own instead. Other
+    errors keep their tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and lost_worker(record.exc_info[1]):
+            return False
+        return not str(record.msg).startswith("Exception occurred in Ray Data or Ray Core internal code")
+
+
+@contextlib.contextmanager
+def _quiet_worker_deaths():
+    loggers = [logging.getLogger(n) for n in ("ray.data.exceptions",
+                                              "ray.data._internal.execution.streaming_executor_state")]
+    drop = _DropWorkerDeaths()
+    for logger in loggers:
+        logger.addFilter(drop)
     try:
-        for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            pass
-    except Exception as exc:  # noqa: BLE001 - surface a user error raised inside an actor as one line
-        user = user_error(exc)
-        if user is None:
-            raise
-        raise type(user)(failure_reason(user)) from None
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 def describe(placement: Placement) -> str:

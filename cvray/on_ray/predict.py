@@ -70,4 +70,5 @@ def _execute(config: PredictConfig, model: RunModel, todo: list, src: Folder, ds
                                           "run_id": run_id, "batch_size": config.batch_size},
         rows_per_call=max(1, min(2 * config.batch_size, math.ceil(len(todo) / (2 * placement.count)))),
         items_per_decode_task=IMAGES_PER_DECODE_TASK,
+        kind=PREDICT_MANIFEST, run_id=run_id,
     )

@@ -204,9 +204,10 @@ class StylizeActor:
         if image is not None:
             try:
                 data = encode_image(to_pil(image), row["format"])
-                # The part first: a crash between the two only redoes this image on the rerun.
-                write_manifest_part(self.dst, manifest_record(base, self.run_id, status="done", **fields))
+                # The image first: a part never claims a file that isn't there (a crash between
+                # the two leaves an unrecorded image, which the rerun redoes).
                 folders.write_file(self.dst, row["out_path"], data)
+                write_manifest_part(self.dst, manifest_record(base, self.run_id, status="done", **fields))
                 return {"relpath": row["relpath"], "status": "done", "error": None}
             except Exception as exc:  # noqa: BLE001 - a full disk or a bad path fails one image
                 error = f"writing failed: {reason(exc)}"

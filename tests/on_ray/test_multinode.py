@@ -1,0 +1,251 @@
+"""Jobs on a real two-node cluster (spread_cluster: 2 CPUs on each node), each driven as a user
+runs it (`python jobs/X.py --address ...` in a subprocess): bulk stylisation reading and writing
+the moto S3 emulator and predict spread their actors over both nodes; a sweep's two trials train
+on both nodes. Which node a process runs on is its parent raylet (one per node) on this machine.
+
+The helpers here are shared with test_bulk_faults.py and test_sweep_faults.py."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import image_writer
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+STYLE_FAST = ["--size", "48", "--iterations", "2", "--weights", "random", "--precision", "fp32"]
+
+
+# ------------------------------------------------------------------ helpers (shared)
+
+
+def start_job(script: str, argv: list, address: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """`python jobs/<script> ARGV --address ADDRESS` in its own process group, output to `log`."""
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    environment.update(env or {})
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, str(REPO / "jobs" / script), *map(str, argv), "--address", address],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=environment,
+                                start_new_session=True)
+
+
+def run_job(script: str, argv: list, address: str, log: Path, env: dict | None = None,
+            timeout_s: float = 300) -> tuple[int, str]:
+    """Run a job to its end: (exit code, this run's console output)."""
+    start = log.stat().st_size if log.exists() else 0
+    proc = start_job(script, argv, address, log, env)
+    try:
+        code = proc.wait(timeout=timeout_s)
+    finally:
+        stop(proc)
+    return code, log.read_bytes()[start:].decode("utf-8", "replace")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a job's process group if it still runs (a test that failed half-way)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def wait_for(predicate, proc: subprocess.Popen, log: Path, timeout_s: float = 240, poll=None):
+    """Poll until predicate() is true (its value is returned); fails if the job ends first or
+    `timeout_s` passes (a bound, not a guess: the predicate is what the test waits for)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if poll:
+            poll()
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended (exit {proc.returncode}) before the wait was over:\n"
+                                 f"{log.read_text(errors='replace')[-3000:]}")
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise AssertionError(f"waited {timeout_s} s in vain:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """{pid: (parent pid, command line)} of this machine's processes, from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue  # ended while being looked at
+        found[int(entry)] = (parent, cmdline)
+    return found
+
+
+def cluster_processes(address: str, title: str) -> dict[int, int]:
+    """{pid: its node's raylet pid} of this cluster's live processes whose title contains `title`
+    (Ray names an actor's process ray::<class>); other Rays on the machine are not looked at."""
+    procs = _processes()
+    raylets = {pid for pid, (_, cmd) in procs.items()
+               if cmd.split(" ", 1)[0].endswith("/raylet") and f"--gcs-address={address}" in cmd}
+    found = {}
+    for pid, (parent, cmd) in procs.items():
+        if title not in cmd:
+            continue
+        ancestor = parent
+        while ancestor > 1 and ancestor not in raylets and ancestor in procs:
+            ancestor = procs[ancestor][0]
+        if ancestor in raylets:
+            found[pid] = ancestor
+    return found
+
+
+def follow(address: str, title: str, seen: dict[int, int]):
+    """A poll function for wait_for that adds the processes named `title` to `seen`."""
+    return lambda: seen.update(cluster_processes(address, title))
+
+
+def watch_until_exit(proc: subprocess.Popen, address: str, title: str, timeout_s: float = 300) -> dict[int, int]:
+    """Every process named `title` seen while the job ran ({pid: raylet pid}); waits for its end."""
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None:
+        seen.update(cluster_processes(address, title))
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise AssertionError(f"the job ran over {timeout_s} s")
+        time.sleep(0.1)
+    return seen
+
+
+def write_images(root: Path, count: int, seed: int = 0) -> list[str]:
+    """`count` random RGB PNGs of 48x40 px under root (some nested); their relative paths."""
+    _, save = image_writer(root, seed)
+    rng = np.random.default_rng(seed)
+    rels = [f"{'sub/' if i % 3 == 0 else ''}img{i}.png" for i in range(count)]
+    for rel in rels:
+        save(rel, Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)))
+    return rels
+
+
+def manifest_rows(path) -> dict[str, dict]:
+    rows = pq.read_table(path).to_pylist()
+    assert len(rows) == len({r["relpath"] for r in rows}), "a file recorded twice"
+    return {r["relpath"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def style_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("style") / "style.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)).save(path)
+    return path
+
+
+def moto_server():
+    """moto's S3 emulator on 127.0.0.1 (a free port) with a bucket "photos"; (server, client, port)."""
+    server_mod = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    port = server.get_host_and_port()[1]
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket="photos")
+    return server, client, port
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+"""What the job's environment holds; the job hands it to the Ray workers of both nodes
+(cvray.on_ray.folder_job.remote_env): the cluster itself started without it."""
+
+
+def s3_uri(port: int, key: str) -> str:
+    return f"s3://photos/{key}?endpoint_override=127.0.0.1:{port}&scheme=http"
+
+
+# ------------------------------------------------------------------ the tests
+
+
+def test_bulk_stylisation_on_s3_spreads_its_actors_over_both_nodes(spread_cluster, tmp_path, style_image):
+    server, client, port = moto_server()
+    try:
+        for i in range(6):
+            buffer = io.BytesIO()
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 48, 3), np.uint8)).save(buffer, "PNG")
+            client.put_object(Bucket="photos", Key=f"in/{'d/' if i % 2 else ''}p{i}.png", Body=buffer.getvalue())
+        argv = ["--input", s3_uri(port, "in"), "--output", s3_uri(port, "out"), "--style", style_image,
+                *STYLE_FAST, "--batch-size", "1"]
+        log = tmp_path / "job.log"
+        proc = start_job("stylize_folder.py", argv, spread_cluster, log, S3_ENV)
+        actors = watch_until_exit(proc, spread_cluster, "MapBatches(StylizeActor)")
+        console = log.read_text()
+        assert proc.returncode == 0, console
+        assert "done 6, skipped 0, failed 0," in console
+        assert len(actors) == 2 and len(set(actors.values())) == 2, actors  # one actor per node
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="photos", Prefix="out/")["Contents"]}
+        images = sorted(k for k in keys if not k.startswith("out/_cvray/"))
+        assert images == sorted(f"out/{'d/' if i % 2 else ''}p{i}.png" for i in range(6))
+        for key in images:  # whole images, written by workers on both nodes
+            body = client.get_object(Bucket="photos", Key=key)["Body"].read()
+            assert Image.open(io.BytesIO(body)).convert("RGB").size == (48, 40)
+        manifest = client.get_object(Bucket="photos", Key="out/_cvray/manifest.parquet")["Body"].read()
+        rows = manifest_rows(io.BytesIO(manifest))
+        assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == 6
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory, tiny_cifar):
+    """A CIFAR run folder (the lab's recipe, one step on 32 tiny images), as test_predict makes it."""
+    from cvray.classification import runs
+    from cvray.classification.cifar import load_cifar10
+    from cvray.classification.config import CifarTrainConfig
+    from cvray.classification.recipes import CifarRecipe
+    from cvray.classification.worker import fit
+
+    config = CifarTrainConfig(data_dir=str(tiny_cifar), epochs=1, batch_size=32, train_samples=32, test_samples=16,
+                              precision="fp32", eval_batch_size=32)
+    data = load_cifar10(str(tiny_cifar), download=False, train_samples=32, test_samples=16)
+    folder = tmp_path_factory.mktemp("runs") / "cifar"
+    runs.save_model(str(folder), fit(CifarRecipe(), config, data, "cpu").state_dict())
+    return folder
+
+
+def test_predict_spreads_its_actors_over_both_nodes(spread_cluster, tmp_path, cifar_run):
+    rels = write_images(tmp_path / "in", 8)
+    log = tmp_path / "job.log"
+    proc = start_job("predict.py", ["--run", cifar_run, "--input", tmp_path / "in", "--output", tmp_path / "out",
+                                    "--batch-size", "2"], spread_cluster, log)
+    actors = watch_until_exit(proc, spread_cluster, "MapBatches(PredictActor)")
+    assert proc.returncode == 0, log.read_text()
+    assert len(actors) == 2 and len(set(actors.values())) == 2, actors
+    rows = manifest_rows(tmp_path / "out/_cvray/manifest.parquet")
+    assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
+    assert pq.read_table(tmp_path / "out/predictions.parquet").num_rows == len(rels)
+
+
+def test_a_sweeps_trials_train_on_both_nodes(spread_cluster, tmp_path, tiny_cifar):
+    # Two trials at once, one worker each of 1.95 CPUs: two such workers never fit on one 2-CPU node.
+    argv = ["--job", "cifar", "--data-dir", tiny_cifar, "--epochs", 1, "--batch-size", 16, "--train-samples", 64,
+            "--test-samples", 16, "--precision", "fp32", "--param", "lr=1e-3|1e-2", "--max-concurrent", 2,
+            "--storage-path", tmp_path / "runs", "--name", "two", "--no-early-stop"]
+    log = tmp_path / "job.log"
+    proc = start_job("sweep_train.py", argv, spread_cluster, log)
+    workers = watch_until_exit(proc, spread_cluster, "RayTrainWorker")
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert len(set(workers.values())) == 2, workers
+    rows = pq.read_table(tmp_path / "runs/two/trials.parquet").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["finished", "finished"]
