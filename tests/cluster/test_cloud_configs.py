@@ -266,7 +266,7 @@ def test_rayignore_alone_keeps_data_results_and_tests_out(tmp_path):
              "cluster/kuberay/rayjob-predict.yaml",
              "data/cifar10/train.parquet", "results/run/model.pt", "tests/test_x.py", "docs/img/a.png",
              ".git/HEAD", ".venv/bin/python", "cvray/__pycache__/x.cpython-311.pyc", "cvray.egg-info/PKG-INFO",
-             "jobs/__pycache__/y.pyc"]
+             "jobs/__pycache__/y.pyc", "psutil-7.2.2-cp36-abi3-manylinux2010_x86_64.whl", "cifar-10-python.tar.gz"]
     for name in files:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_bytes(b"x")
