@@ -46,7 +46,9 @@ class _DefaultsOnceFormatter(argparse.HelpFormatter):
 
 
 def make_parser(description: str) -> Parser:
-    return Parser(description=description, formatter_class=_DefaultsOnceFormatter)
+    # No abbreviations: the sweep jobs pass the unknown flags on to the job's parser, and a prefix such
+    # as --gpu would otherwise be taken for one of the sweep's own flags (--gpu-memory-gib).
+    return Parser(description=description, formatter_class=_DefaultsOnceFormatter, allow_abbrev=False)
 
 
 def positive_int(text: str) -> int:

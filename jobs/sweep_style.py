@@ -23,6 +23,7 @@ import _sweep_args
 
 import _common
 import _style_args
+from cvray import names
 from cvray.errors import ConfigError
 
 DEFAULT_PARAM = "style-weight=0.1..10"
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if len({p.field for p in params}) != len(params):
         raise ConfigError("each field may be swept by one --param only")
     search, samples = _sweep_args.search_and_samples(args, params)
-    name = args.name or f"sweep-style-{'-'.join(p.flag for p in params)}"
+    name = names.check_name(args.name) if args.name else f"sweep-style-{'-'.join(p.flag for p in params)}"
     from cvray import sweep_report
     from cvray.images import load_image
     from cvray.on_ray.style_sweeps import LOSS_KEYS, StyleSweep, run_style_sweep

@@ -22,6 +22,7 @@ import finetune
 import train_cifar
 
 import _common
+from cvray import names
 from cvray.classification.config import TrainConfig
 from cvray.errors import ConfigError
 
@@ -64,7 +65,7 @@ def make_sweep(args: argparse.Namespace, job_argv: list[str]):
     if len({p.field for p in params}) != len(params):
         raise ConfigError("each field may be swept by one --param only")
     search, samples = _sweep_args.search_and_samples(args, params)
-    name = args.name or f"sweep-{args.job}-{'-'.join(p.flag for p in params)}"
+    name = names.check_name(args.name) if args.name else f"sweep-{args.job}-{'-'.join(p.flag for p in params)}"
     fixed = list(job_argv) + ([] if "val_share" in given else ["--val-share", str(SWEEP_VAL_SHARE)])
     return script, module, job_args, config, params, search, samples, name, fixed
 

@@ -73,8 +73,6 @@ def test_a_refused_name_is_exit_code_2_and_one_line(capsys):
     assert err.count("\n") == 1 and err.startswith("error: --name '../x'"), err
 
 
-@pytest.mark.xfail(strict=True, reason="sweep names are joined to --storage-path unchecked: jobs/sweep_train.py "
-                                       "and jobs/sweep_style.py need names.check_name(args.name) (their owners)")
 def test_sweep_names_cannot_leave_the_storage_path():
     import sweep_train
 
@@ -154,8 +152,6 @@ def test_stylize_keeps_credentials_out_of_console_and_outputs(tmp_path, monkeypa
         assert not [name for name, data in written.items() if secret.encode() in data], secret
 
 
-@pytest.mark.xfail(strict=True, reason="runs.open_run writes config.json verbatim: it needs "
-                                       "names.redact_values(config.to_dict()) (cvray/classification/runs.py lifecycle)")
 def test_run_config_json_holds_no_credentials(tmp_path):
     config = CifarTrainConfig(storage_path=str(tmp_path), name="r",
                               data_dir="s3://AKIAEXAMPLE:wJalrSECRET@bucket/cifar?secret_key=wJalrSECRET")

@@ -81,7 +81,9 @@ def open_run(directory: str, recipe_name: str, config: TrainConfig, *, fresh: bo
             log.info(f"run {directory} already has {done['epochs']} epochs: reporting its results")
             return done
         log.info(f"resuming run {directory}")
-    write_json(storage.join(directory, "config.json"), {**config.to_dict(), "recipe": recipe_name})
+    # Credentials a URI carries (s3://KEY:SECRET@bucket) never reach the run folder; resuming compares
+    # hyperparameters only, which hold no URIs.
+    write_json(storage.join(directory, "config.json"), names.redact_values({**config.to_dict(), "recipe": recipe_name}))
     return None
 
 

@@ -230,8 +230,7 @@ def test_rayjob_entrypoints_parse_with_the_jobs_own_parsers(capsys):
             pytest.fail(f"{name}: {capsys.readouterr().err.strip()} (exit {exc.code})")
         uris = [a for a in argv if "://" in a]
         assert uris and all(u.startswith("s3://") for u in uris), (name, argv)  # data and storage on S3
-        # sweep_style uses the GPUs it finds; its own --gpu-memory-gib swallows an abbreviated --gpu today
-        assert "--gpu" in argv or name == "sweep_style", name
+        assert "--gpu" in argv, name  # a GPU cluster: ask for GPUs, so a missing one is an error, not CPU
 
 
 def test_a_wrong_flag_in_an_entrypoint_would_be_caught(capsys):
