@@ -3,8 +3,11 @@ every job). Placement decisions from that description are cvray.on_ray.placement
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 from cvray.errors import ClusterError, first_line
@@ -24,6 +27,7 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
     import ray
 
     if not ray.is_initialized():
+        _plain_worker_lines()
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = {"log_to_driver": True, "logging_level": "WARNING" if quiet else "INFO"}
         if address is None or address == "local":
@@ -35,7 +39,8 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
         else:
             check_reachable(address)
             try:
-                ray.init(address=address, runtime_env=_runtime_env_for_remote(), **kwargs)
+                with _loopback_kept(_is_loopback(address)):
+                    ray.init(address=address, runtime_env=_runtime_env_for_remote(), **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterError(f"cannot connect to Ray at {address}: {first_line(exc)}{_auth_hint(exc)}") from None
     resources = ray.cluster_resources()
@@ -47,28 +52,99 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
 
 
 def start_local(**init_kwargs) -> None:
-    """ray.init a new one-machine Ray (dashboard on 127.0.0.1) whose own processes know its address.
+    """ray.init a new one-machine Ray that listens on 127.0.0.1 only and whose own processes know
+    its address.
 
     Code inside the cluster that uses Ray's State API without an address (Ray Train's placement-
     group cleaner polls it all run long) finds "its" cluster through RAY_ADDRESS, else through
     `ray start`'s record or a scan of this machine, which picks another Ray running here, or
     fails with a traceback. So the GCS port is chosen first and both variables are set while Ray's
     processes are started (they inherit them), then restored in this process.
+    Ray turns token auth on for a new local Ray and logs a WARNING saying so on every run, a line
+    the user can do nothing about: that one logger is muted while Ray starts (auth stays on).
     """
     import ray
 
     port = free_port()
-    names = ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
-        ray.init(address="local", dashboard_host="127.0.0.1", **init_kwargs)
+        with _loopback_kept(True), _muted("ray._private.authentication.authentication_token_setup"):
+            ray.init(address="local", dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **init_kwargs)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _restore_env(saved)
+
+
+def _plain_worker_lines() -> None:
+    """Worker lines as the worker wrote them: no "(RayTrainWorker pid=...)" prefix (our workers
+    print only the job's own lines: epochs, progress, warnings) and no colour codes unless stdout
+    is a terminal (Ray colours the prefix regardless). RAY_DISABLE_WORKER_LOG_PREFIX=0 or
+    RAY_COLOR_PREFIX=1 in the environment keep Ray's way."""
+    from ray._private import ray_constants
+
+    if os.environ.get("RAY_DISABLE_WORKER_LOG_PREFIX") != "0":
+        ray_constants.RAY_DISABLE_WORKER_LOG_PREFIX = True  # read by ray.init; Ray reads the variable at import
+    if not _is_terminal(sys.stdout):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+@contextlib.contextmanager
+def _muted(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    saved = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rstrip("/").rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def _loopback_kept(on: bool):
+    """Keep 127.0.0.1 as this node's address while Ray starts or connects.
+
+    Ray (2.60, Linux) rewrites 127.0.0.1 into the machine's outward IP whether it comes from
+    `_node_ip_address` or an address to join, unless it believes multi-node clusters are off
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). With the rewrite its gRPC servers (GCS, raylet, object
+    manager, every worker) listen on all interfaces; with the node at 127.0.0.1 they listen there
+    only. The variable reaches Ray's processes (started in here) through the environment, and this
+    process through the constant Ray read from it at import.
+    """
+    if not on:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved_env = {ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        _restore_env(saved_env)
+
+
+def _restore_env(saved: dict) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _runtime_env_for_local(quiet: bool = True) -> dict:
