@@ -3,6 +3,7 @@
     python jobs/train_cifar.py --smoke-test                 # minutes on a laptop CPU
     python jobs/train_cifar.py --data-dir DIR               # the lab's recipe: 10 epochs, batch 256
     ray job submit --working-dir . -- python jobs/train_cifar.py --data-dir s3://bucket/cifar10
+    python jobs/train_cifar.py --num-workers 2-4 --max-failures 3  # elastic: carries on when a node is lost
 
 Rerunning the same command resumes the run from its latest checkpoint.
 """

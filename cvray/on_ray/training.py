@@ -66,6 +66,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     config = recipe.config_from_dict(loop_config["config"])
     directory = loop_config["run_dir"]
     console.configure_logging()
+    route_tracebacks_to_run_log(directory, loop_config.get("verbose", False))
     if not loop_config.get("verbose"):
         _quiet_report_log()
     torch.set_num_threads(loop_config.get("threads") or 1)
@@ -162,14 +163,21 @@ class RunEvents(ray.train.UserCallback):
                         f"(failure {self.failures} of {self.max_failures}; details in {RUN_LOG})")
 
     def _install_console_filter(self) -> None:
-        """Set up the "cvray" logger in this process, and route Ray Train's logs of a recovered
-        failure (tracebacks, e.g. "Graceful shutdown of backend failed": 24 lines) into the run log
-        and off the console unless --verbose. Done from a hook, not __init__: Ray configures the
-        controller's logging after unpickling this callback."""
+        """Done from a hook, not __init__: Ray configures the controller's logging after
+        unpickling this callback."""
         console.configure_logging()
-        for handler in logging.getLogger("ray.train").handlers:
-            if _is_console(handler) and not any(isinstance(f, _TracebacksToRunLog) for f in handler.filters):
-                handler.addFilter(_TracebacksToRunLog(self.directory, keep_on_console=self.verbose))
+        route_tracebacks_to_run_log(self.directory, self.verbose)
+
+
+def route_tracebacks_to_run_log(directory: str, verbose: bool) -> None:
+    """Ray Train logs a recovered failure with tracebacks: its controller ("Graceful shutdown of
+    backend failed ...", 24 lines) and the surviving workers ("Error in training function", their
+    collective torn down by the dead peer). Route them into the run log, and off the console unless
+    --verbose; the job's own one line says what happened. Call once Ray has set up this process's
+    logging (idempotent)."""
+    for handler in logging.getLogger("ray.train").handlers:
+        if _is_console(handler) and not any(isinstance(f, _TracebacksToRunLog) for f in handler.filters):
+            handler.addFilter(_TracebacksToRunLog(directory, keep_on_console=verbose))
 
 
 def describe_failure(worker_exceptions: dict[int, Exception]) -> str:
@@ -179,7 +187,9 @@ def describe_failure(worker_exceptions: dict[int, Exception]) -> str:
         text = str(exc)
         pid = re.search(r"\bpid: (\d+)", text)
         where = f"training worker rank {rank}" + (f" (pid {pid.group(1)})" if pid else "")
-        if "died" in text or "ActorDied" in type(exc).__name__ or "ActorDied" in text:
+        if "unavailable" in text.lower() or "ActorUnavailable" in type(exc).__name__:
+            parts.append(f"{where} was lost (its node died or cannot be reached)")
+        elif "died" in text or "ActorDied" in type(exc).__name__ or "ActorDied" in text:
             node = " (its node died)" if re.search(r"node .*(died|dead)|NODE_DIED|raylet", text, re.I) else ""
             parts.append(f"{where} died{node}")
         else:
@@ -202,7 +212,7 @@ class _TracebacksToRunLog(logging.Filter):
         if record.exc_info:
             text += "\n" + "".join(traceback.format_exception(*record.exc_info))
         _append_run_log(self.directory, f"{record.levelname} {record.name}: {text}\n")
-        return self.keep or not record.exc_info
+        return self.keep or not (record.exc_info or "Traceback (most recent call last)" in text)
 
 
 def _is_console(handler: logging.Handler) -> bool:

@@ -69,7 +69,7 @@ def check_recovered(out: str, run: Path, epochs: int, failures: int = 1) -> None
     traceback; the tracebacks are in the run folder's train.log."""
     for epoch in range(1, epochs + 1):
         assert len(re.findall(rf"epoch {epoch}/{epochs}: loss", out)) == 1, out
-    resumed = re.findall(r"training worker rank \d+ (?:\(pid \d+\) )?died.*; resuming from the checkpoint after "
+    resumed = re.findall(r"training worker rank \d+ [^\n]*(?:died|was lost)[^\n]*; resuming from the checkpoint after "
                          rf"epoch (\d) \(failure 1 of {failures}; details in train\.log\)", out)
     assert len(resumed) == 1 and 1 <= int(resumed[0]) < epochs, out
     assert "Traceback" not in out and "Graceful shutdown" not in out, out
@@ -82,7 +82,8 @@ def check_recovered(out: str, run: Path, epochs: int, failures: int = 1) -> None
 @pytest.mark.slow
 def test_cifar_worker_killed_mid_run_resumes_from_its_checkpoint(ray_local, tiny_cifar, tmp_path):
     args = ["--address", ray_local, "--data-dir", tiny_cifar, "--storage-path", tmp_path, "--name", "run",
-            "--no-gpu", "--num-workers", "1", "--batch-size", "16", "--epochs", "3", "--max-failures", "1"]
+            "--train-samples", "32", "--test-samples", "16", "--no-gpu", "--num-workers", "1", "--batch-size", "16",
+            "--epochs", "3", "--max-failures", "1"]
     code, out = run_job("train_cifar.py", args, on_line=once_at("epoch 1/3: loss",
                                                                  lambda: kill_a_training_worker(ray_local)))
     assert code == 0, out
@@ -102,8 +103,13 @@ def test_finetune_worker_killed_mid_run_resumes_from_its_checkpoint(ray_local, t
 
 
 _DAMAGEABLE_CLUSTER = """
-import json, sys
+import json, os, sys
 from ray.cluster_utils import Cluster
+from cvray.net import free_port
+# Ray's own processes (Ray Train's placement-group cleaner) find "their" cluster through RAY_ADDRESS;
+# without it they pick whichever Ray on this machine started last (see cvray.on_ray.connect.start_local).
+port = free_port()
+os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1"})
 nodes = [cluster.add_node(num_cpus=1) for _ in range(json.loads(sys.argv[1]))]
 cluster.wait_for_nodes()
@@ -125,6 +131,7 @@ class DamageableCluster:
 
     def __init__(self, worker_nodes: int):
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([sys.executable, "-c", _DAMAGEABLE_CLUSTER, str(worker_nodes)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
