@@ -14,6 +14,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -100,12 +101,15 @@ def _drain(todo, src, dst, placement, decode, decode_kwargs, actor, actor_kwargs
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
     ds = ds.map_batches(decode, batch_format="pyarrow", batch_size=None, num_cpus=DECODE_CPUS,
                         fn_kwargs=decode_kwargs, **env)
-    ds = ds.map_batches(
-        actor, batch_format="pyarrow", batch_size=rows_per_call,
-        compute=ray.data.ActorPoolStrategy(size=placement.count),
-        fn_constructor_kwargs={**actor_kwargs, "threads": placement.threads_each, "use_gpu": placement.use_gpu},
-        num_cpus=placement.cpus_each, num_gpus=1 if placement.use_gpu else 0, max_restarts=0, **env,
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for max_restarts yet (its ray_remote_args are deprecated).
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            actor, batch_format="pyarrow", batch_size=rows_per_call,
+            compute=ray.data.ActorPoolStrategy(size=placement.count),
+            fn_constructor_kwargs={**actor_kwargs, "threads": placement.threads_each, "use_gpu": placement.use_gpu},
+            num_cpus=placement.cpus_each, num_gpus=1 if placement.use_gpu else 0, max_restarts=0, **env,
+        )
     for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         pass
 
@@ -144,6 +148,17 @@ class _DropWorkerDeaths(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_worker_deaths():
+    """The job's own lines only: no Ray Data progress blocks (as on a local Ray, where the
+    workers' RAY_DATA_LOG_LEVEL does it), no worker-death tracebacks. Ray Data's usage probe
+    after a failed run logs a DEBUG record with a traceback that its own log handler fails on
+    ("--- Logging error ---" on the console), so that logger keeps to INFO."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    usage = logging.getLogger("ray.data._internal.usage.util")
+    level = usage.level
+    usage.setLevel(logging.INFO)
     loggers = [logging.getLogger(n) for n in ("ray.data.exceptions",
                                               "ray.data._internal.execution.streaming_executor_state")]
     drop = _DropWorkerDeaths()
@@ -152,6 +167,7 @@ def _quiet_worker_deaths():
     try:
         yield
     finally:
+        usage.setLevel(level)
         for logger in loggers:
             logger.removeFilter(drop)
 

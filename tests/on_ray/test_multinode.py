@@ -1,9 +1,11 @@
 """Jobs on a real two-node cluster (spread_cluster: 2 CPUs on each node), each driven as a user
 runs it (`python jobs/X.py --address ...` in a subprocess): bulk stylisation reading and writing
-the moto S3 emulator and predict spread their actors over both nodes; a sweep's two trials train
-on both nodes. Which node a process runs on is its parent raylet (one per node) on this machine.
+the moto S3 emulator spreads its actors over both nodes, and its console has no Ray core error
+line. Which node a process runs on is its parent raylet (one per node) on this machine.
 
-The helpers here are shared with test_bulk_faults.py and test_sweep_faults.py."""
+Predict's actors and a sweep's trials are checked on both nodes in the runs that
+test_bulk_faults.py and test_sweep_faults.py make anyway (one cluster run each, for CI time);
+the helpers here are shared with them."""
 
 from __future__ import annotations
 
@@ -193,6 +195,8 @@ def test_bulk_stylisation_on_s3_spreads_its_actors_over_both_nodes(spread_cluste
         console = log.read_text()
         assert proc.returncode == 0, console
         assert "done 6, skipped 0, failed 0," in console
+        # Ray Data's actors are built without restarts: no Ray core error line about their arguments.
+        assert "constructor arguments in the object store" not in console and "Traceback" not in console
         assert len(actors) == 2 and len(set(actors.values())) == 2, actors  # one actor per node
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="photos", Prefix="out/")["Contents"]}
         images = sorted(k for k in keys if not k.startswith("out/_cvray/"))
@@ -205,47 +209,3 @@ def test_bulk_stylisation_on_s3_spreads_its_actors_over_both_nodes(spread_cluste
         assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == 6
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def cifar_run(tmp_path_factory, tiny_cifar):
-    """A CIFAR run folder (the lab's recipe, one step on 32 tiny images), as test_predict makes it."""
-    from cvray.classification import runs
-    from cvray.classification.cifar import load_cifar10
-    from cvray.classification.config import CifarTrainConfig
-    from cvray.classification.recipes import CifarRecipe
-    from cvray.classification.worker import fit
-
-    config = CifarTrainConfig(data_dir=str(tiny_cifar), epochs=1, batch_size=32, train_samples=32, test_samples=16,
-                              precision="fp32", eval_batch_size=32)
-    data = load_cifar10(str(tiny_cifar), download=False, train_samples=32, test_samples=16)
-    folder = tmp_path_factory.mktemp("runs") / "cifar"
-    runs.save_model(str(folder), fit(CifarRecipe(), config, data, "cpu").state_dict())
-    return folder
-
-
-def test_predict_spreads_its_actors_over_both_nodes(spread_cluster, tmp_path, cifar_run):
-    rels = write_images(tmp_path / "in", 8)
-    log = tmp_path / "job.log"
-    proc = start_job("predict.py", ["--run", cifar_run, "--input", tmp_path / "in", "--output", tmp_path / "out",
-                                    "--batch-size", "2"], spread_cluster, log)
-    actors = watch_until_exit(proc, spread_cluster, "MapBatches(PredictActor)")
-    assert proc.returncode == 0, log.read_text()
-    assert len(actors) == 2 and len(set(actors.values())) == 2, actors
-    rows = manifest_rows(tmp_path / "out/_cvray/manifest.parquet")
-    assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
-    assert pq.read_table(tmp_path / "out/predictions.parquet").num_rows == len(rels)
-
-
-def test_a_sweeps_trials_train_on_both_nodes(spread_cluster, tmp_path, tiny_cifar):
-    # Two trials at once, one worker each of 1.95 CPUs: two such workers never fit on one 2-CPU node.
-    argv = ["--job", "cifar", "--data-dir", tiny_cifar, "--epochs", 1, "--batch-size", 16, "--train-samples", 64,
-            "--test-samples", 16, "--precision", "fp32", "--param", "lr=1e-3|1e-2", "--max-concurrent", 2,
-            "--storage-path", tmp_path / "runs", "--name", "two", "--no-early-stop"]
-    log = tmp_path / "job.log"
-    proc = start_job("sweep_train.py", argv, spread_cluster, log)
-    workers = watch_until_exit(proc, spread_cluster, "RayTrainWorker")
-    assert proc.returncode == 0, log.read_text()[-3000:]
-    assert len(set(workers.values())) == 2, workers
-    rows = pq.read_table(tmp_path / "runs/two/trials.parquet").to_pylist()
-    assert sorted(r["status"] for r in rows) == ["finished", "finished"]

@@ -1,0 +1,188 @@
+"""Faults injected into the folder jobs on a real two-node cluster (spread_cluster), each job run
+as a user runs it (a subprocess with --address): a stylisation actor and a predict actor killed
+mid-run, the bulk job's driver killed and the command rerun, the S3 emulator stopped and started
+again during a run. Every wait is for a marker (a manifest part, an output object, an actor
+process), bounded in time; the outcome: every good image present once and whole, recorded once."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from test_multinode import (
+    S3_ENV,
+    STYLE_FAST,
+    cluster_processes,
+    manifest_rows,
+    moto_server,
+    run_job,
+    s3_uri,
+    start_job,
+    stop,
+    style_image,  # noqa: F401 - a fixture
+    wait_for,
+    write_images,
+)
+
+pytestmark = pytest.mark.slow
+
+SLOW_STYLE = [*STYLE_FAST, "--iterations", "40", "--batch-size", "1"]
+"""Enough work per image (a second or so) that a run is still going when the first image lands."""
+STYLE_ACTOR, PREDICT_ACTOR = "MapBatches(StylizeActor)", "MapBatches(PredictActor)"
+
+
+def done_parts(out) -> set[str]:
+    """Files recorded done by a manifest part not merged yet (parts are written atomically)."""
+    found = set()
+    for path in (out / "_cvray" / "parts").glob("*.parquet"):
+        found |= {r["relpath"] for r in pq.read_table(path).to_pylist() if r["status"] == "done"}
+    return found
+
+
+def outputs(out) -> dict[str, int]:
+    """relative path -> inode of every output image (whole: each one decodes to the end)."""
+    found = {}
+    for path in out.rglob("*.png"):
+        if "_cvray" not in path.parts:
+            with Image.open(path) as img:
+                img.load()
+            found[str(path.relative_to(out))] = path.stat().st_ino
+    return found
+
+
+def test_a_killed_stylisation_actor_loses_and_repeats_nothing(spread_cluster, tmp_path, style_image):  # noqa: F811
+    rels = write_images(tmp_path / "in", 6)
+    out, log = tmp_path / "out", tmp_path / "job.log"
+    proc = start_job("stylize_folder.py", ["--input", tmp_path / "in", "--output", out, "--style", style_image,
+                                           *SLOW_STYLE], spread_cluster, log)
+    try:
+        wait_for(lambda: (out / "_cvray" / "parts").is_dir() and done_parts(out), proc, log)
+        victim = min(cluster_processes(spread_cluster, STYLE_ACTOR))
+        os.kill(victim, signal.SIGKILL)
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    finally:
+        stop(proc)
+    console = log.read_text()
+    assert "a Ray worker died" in console and "attempt 2 of 3" in console, console
+    assert "done 6, skipped 0, failed 0," in console and "Traceback" not in console
+    assert sorted(outputs(out)) == sorted(rels)
+    rows = manifest_rows(out / "_cvray" / "manifest.parquet")  # each file once
+    assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
+    assert not list((out / "_cvray" / "parts").iterdir())
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory, tiny_cifar):
+    """A CIFAR run folder (the lab's recipe, one step on 32 tiny images), as test_predict makes it."""
+    from cvray.classification import runs
+    from cvray.classification.cifar import load_cifar10
+    from cvray.classification.config import CifarTrainConfig
+    from cvray.classification.recipes import CifarRecipe
+    from cvray.classification.worker import fit
+
+    config = CifarTrainConfig(data_dir=str(tiny_cifar), epochs=1, batch_size=32, train_samples=32, test_samples=16,
+                              precision="fp32", eval_batch_size=32)
+    data = load_cifar10(str(tiny_cifar), download=False, train_samples=32, test_samples=16)
+    folder = tmp_path_factory.mktemp("runs") / "cifar"
+    runs.save_model(str(folder), fit(CifarRecipe(), config, data, "cpu").state_dict())
+    return folder
+
+
+def test_predict_actors_spread_over_both_nodes_and_one_killed_loses_nothing(spread_cluster, tmp_path, cifar_run):
+    rels = write_images(tmp_path / "in", 24)
+    out, log = tmp_path / "out", tmp_path / "job.log"
+    proc = start_job("predict.py", ["--run", cifar_run, "--input", tmp_path / "in", "--output", out,
+                                    "--batch-size", "1"], spread_cluster, log)
+    try:
+        actors = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
+            cluster_processes(spread_cluster, PREDICT_ACTOR)), proc, log)
+        assert len(set(actors.values())) == 2, actors  # one actor on each node
+        os.kill(min(actors), signal.SIGKILL)
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    finally:
+        stop(proc)
+    console = log.read_text()
+    assert "Traceback" not in console and "constructor arguments in the object store" not in console, console
+    rows = manifest_rows(out / "_cvray" / "manifest.parquet")  # each file once
+    assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
+    predictions = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert len(predictions) == len(rels)
+
+
+def test_the_bulk_drivers_death_then_the_same_command_does_only_what_was_missing(
+        spread_cluster, tmp_path, style_image):  # noqa: F811
+    rels = write_images(tmp_path / "in", 6)
+    out, log = tmp_path / "out", tmp_path / "job.log"
+    argv = ["--input", tmp_path / "in", "--output", out, "--style", style_image, *SLOW_STYLE]
+    proc = start_job("stylize_folder.py", argv, spread_cluster, log)
+    try:
+        wait_for(lambda: (out / "_cvray" / "parts").is_dir() and len(done_parts(out)) >= 2, proc, log)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray ends its job's actors
+        proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    deadline = time.monotonic() + 120  # Ray ends a dead driver's actors: wait for that, bounded
+    while cluster_processes(spread_cluster, STYLE_ACTOR):
+        assert time.monotonic() < deadline, "the dead driver's actors still run"
+        time.sleep(0.1)
+    finished = done_parts(out)
+    before = outputs(out)
+    assert set(before) >= finished  # an image is written before its part
+    assert 2 <= len(finished) < 6, finished
+    code, console = run_job("stylize_folder.py", argv, spread_cluster, log)
+    assert code == 0, console
+    assert f"done {6 - len(finished)}, skipped {len(finished)}, failed 0," in console
+    after = outputs(out)
+    assert sorted(after) == sorted(rels)
+    assert all(after[rel] == before[rel] for rel in finished)  # finished images untouched
+    rows = manifest_rows(out / "_cvray" / "manifest.parquet")
+    assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
+
+
+def test_the_object_store_gone_for_a_moment_leaves_no_claimed_object_missing(spread_cluster, tmp_path,
+                                                                             style_image):  # noqa: F811
+    from moto.server import ThreadedMotoServer
+
+    server, client, port = moto_server()
+    try:
+        for rel in write_images(tmp_path / "in", 6):
+            client.put_object(Bucket="photos", Key=f"in/{rel}", Body=(tmp_path / "in" / rel).read_bytes())
+        argv = ["--input", s3_uri(port, "in"), "--output", s3_uri(port, "out"), "--style", style_image,
+                *SLOW_STYLE]
+        log = tmp_path / "job.log"
+        proc = start_job("stylize_folder.py", argv, spread_cluster, log, S3_ENV)
+
+        def images_out():
+            listing = client.list_objects_v2(Bucket="photos", Prefix="out/").get("Contents", [])
+            return {o["Key"][4:] for o in listing if not o["Key"].startswith("out/_cvray/")}
+
+        try:
+            wait_for(images_out, proc, log)
+            server.stop()  # the store goes away while actors write ...
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()  # ... and comes back on the same address, its objects kept
+            code = proc.wait(timeout=300)
+        finally:
+            stop(proc)
+        console = log.read_text()
+        # Either the writes were retried (exit 0) or the job stopped with one clear line (exit 2).
+        assert code in (0, 2) and "Traceback" not in console, console
+        if code == 2:
+            assert "error: cannot write" in console, console
+        code, console = run_job("stylize_folder.py", argv, spread_cluster, log, S3_ENV)
+        assert code == 0 and "failed 0," in console, console
+        assert images_out() == set(write_images(tmp_path / "again", 6))
+        manifest = client.get_object(Bucket="photos", Key="out/_cvray/manifest.parquet")["Body"].read()
+        rows = manifest_rows(io.BytesIO(manifest))
+        assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"done"}
+        for rel in rows:  # every recorded object is there, whole
+            body = client.get_object(Bucket="photos", Key=f"out/{rel}")["Body"].read()
+            with Image.open(io.BytesIO(body)) as img:
+                img.load()
+    finally:
+        server.stop()
