@@ -143,24 +143,25 @@ class _DropWorkerDeaths(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and lost_worker(record.exc_info[1]):
             return False
-        return not str(record.msg).startswith("Exception occurred in Ray Data or Ray Core internal code")
+        text = str(record.msg)
+        return not (text.startswith("Exception occurred in Ray Data or Ray Core internal code")
+                    or "actors died during initialization" in text)
 
 
 @contextlib.contextmanager
 def _quiet_worker_deaths():
     """The job's own lines only: no Ray Data progress blocks (as on a local Ray, where the
-    workers' RAY_DATA_LOG_LEVEL does it), no worker-death tracebacks. Ray Data's usage probe
+    workers' RAY_DATA_LOG_LEVEL does it), no worker-death tracebacks or lines. Ray Data's usage probe
     after a failed run logs a DEBUG record with a traceback that its own log handler fails on
     ("--- Logging error ---" on the console), so that logger keeps to INFO."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    ray.data.DataContext.get_current().print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     usage = logging.getLogger("ray.data._internal.usage.util")
     level = usage.level
     usage.setLevel(logging.INFO)
     loggers = [logging.getLogger(n) for n in ("ray.data.exceptions",
-                                              "ray.data._internal.execution.streaming_executor_state")]
+                                              "ray.data._internal.execution.streaming_executor_state",
+                                              "ray.data._internal.execution.operators.actor_pool_map_operator")]
     drop = _DropWorkerDeaths()
     for logger in loggers:
         logger.addFilter(drop)
