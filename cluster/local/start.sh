@@ -11,7 +11,7 @@
 #   auth_token    the cluster's token (made here unless RAY_AUTH_TOKEN_PATH names one): the user's
 #                 ~/.ray/auth_token is neither read nor written
 #   storage/      the shared run storage every node is told about (pass it as --storage-path)
-#   logs/, ray/   each node's `ray start` output, and Ray's temp dir (session logs)
+#   logs/, ray/NODE/  each node's `ray start` output, and each node's own Ray temp dir (session logs)
 set -euo pipefail
 
 workers=1 head_cpus=2 worker_cpus=2 worker_gpus=0 state=/tmp/cvray-local
@@ -40,7 +40,7 @@ if [[ -f $state/cluster.env ]]; then
         fi
     done
 fi
-mkdir -p "$state/logs" "$state/storage" "$state/ray"
+mkdir -p "$state/logs" "$state/storage"
 
 # Token auth for every node and client, from a file of our own (never the user's home).
 export RAY_AUTH_MODE=token
@@ -73,12 +73,15 @@ node_ports() {  # the six per-node ports of node $1 (0 = head)
          "--metrics-export-port ${ports[base+2]} --dashboard-agent-listen-port ${ports[base+3]}" \
          "--dashboard-agent-grpc-port ${ports[base+4]} --runtime-env-agent-port ${ports[base+5]}"
 }
-common=(--block --node-ip-address "$node_ip" --temp-dir "$state/ray" --min-worker-port 0 --max-worker-port 0 --disable-usage-stats)
+common=(--block --node-ip-address "$node_ip" --min-worker-port 0 --max-worker-port 0 --disable-usage-stats)
 
 pgids=""
 start_node() {  # name, args...: one `ray start --block` in a new session; its pid is its process group
+    # Each node its own temp dir: nodes sharing one would share runtime_resources/, and one node's
+    # runtime-env agent deletes a job's working_dir that a job on another node is running in.
     local name=$1; shift
-    setsid "$ray_bin" start "${common[@]}" "$@" > "$state/logs/$name.log" 2>&1 < /dev/null &
+    mkdir -p "$state/ray/$name"
+    setsid "$ray_bin" start "${common[@]}" --temp-dir "$state/ray/$name" "$@" > "$state/logs/$name.log" 2>&1 < /dev/null &
     pgids="$pgids $!"
 }
 # shellcheck disable=SC2046

@@ -26,7 +26,7 @@ pgids=$(. "$state/cluster.env"; echo "$PGIDS")
 ours() {  # sid: is that session still ours? (its leader is the `ray start` recorded; guards pid reuse)
     local cmd
     cmd=$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null) || return 0  # leader gone: members may remain
-    [[ $cmd == *"ray start"*"--temp-dir $state/ray"* ]]
+    [[ $cmd == *"ray start"*"--temp-dir $state/ray/"* ]]
 }
 # A node's processes share the session that setsid gave its `ray start` (Ray moves some workers
 # into process groups of their own, never out of the session).
