@@ -75,6 +75,10 @@ node_ports() {  # the six per-node ports of node $1 (0 = head)
 }
 common=(--block --node-ip-address "$node_ip" --min-worker-port 0 --max-worker-port 0 --disable-usage-stats)
 
+# Every process of the cluster gets its own address: Ray code inside it that uses the State API
+# without one (Ray Train's placement-group cleaner, in each training job) otherwise scans the
+# machine and joins whichever Ray started last, another user's maybe.
+export RAY_ADDRESS=$node_ip:$gcs_port
 pgids=""
 start_node() {  # name, args...: one `ray start --block` in a new session; its pid is its process group
     # Each node its own temp dir: nodes sharing one would share runtime_resources/, and one node's

@@ -1,0 +1,112 @@
+"""Every job submitted through the real `ray job submit` CLI to a local cluster with token auth
+(cluster/local/start.sh), at smoke size, all at once: each ends SUCCEEDED with its artifacts in the
+cluster's shared storage; a bad flag ends FAILED with the job's one line last in `ray job logs`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from conftest import REPO_ROOT, image_writer, write_labelled_folder, write_parquet_split
+
+pytestmark = pytest.mark.slow
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _submit(cluster, name: str, script: str, *args) -> str:
+    """`ray job submit --no-wait` from the repository root (its upload is what .rayignore leaves)."""
+    job_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    entry = [sys.executable, f"jobs/{script}", *(str(a) for a in args)]
+    proc = subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard, "--submission-id", job_id,
+                           "--working-dir", ".", "--no-wait", "--", *entry],
+                          cwd=REPO_ROOT, env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return job_id
+
+
+def _wait(cluster, job_ids, timeout_s: float = 900) -> dict[str, str]:
+    """Poll until every job is SUCCEEDED, FAILED or STOPPED; their statuses by id."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = (cluster.state / "auth_token").read_text().strip()  # this process's Ray is not in token mode
+    client = JobSubmissionClient(cluster.dashboard, headers={"Authorization": f"Bearer {token}"})
+    deadline, status = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        status = {job: str(client.get_job_status(job).value) for job in job_ids}
+        if set(status.values()) <= TERMINAL:
+            return status
+        time.sleep(3)
+    return status
+
+
+def _logs(cluster, job_id: str) -> str:
+    proc = subprocess.run(["ray", "job", "logs", "--address", cluster.dashboard, job_id], env=cluster.env,
+                          capture_output=True, text=True, timeout=120)
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Tiny inputs for every job, outside the upload: CIFAR Parquet, a labelled folder, photos."""
+    root = tmp_path_factory.mktemp("submit_inputs")
+    (root / "cifar").mkdir()
+    write_parquet_split(root / "cifar" / "train.parquet", 64, seed=1)
+    write_parquet_split(root / "cifar" / "test.parquet", 32, seed=2)
+    write_labelled_folder(root / "folder", {"train": 16, "test": 12})  # 1 bad file in each: under 10%
+    rgb, save = image_writer(root / "photos")
+    for i in range(3):
+        save(f"in/p{i}.png", rgb(40, 32))
+    save("content.png", rgb(48, 32))
+    save("style.png", rgb(48, 32))
+    return root
+
+
+def test_every_job_succeeds_through_ray_job_submit(token_cluster, inputs):
+    runs, photos = token_cluster.storage, inputs / "photos"
+    # CPUs per worker/actor explicit: the jobs' defaults size them from the whole cluster's CPUs,
+    # which no single node has (docs/cluster_local.md).
+    cifar = ["--data-dir", inputs / "cifar", "--no-gpu", "--epochs", "1", "--batch-size", "16",
+             "--cpus-per-worker", "1"]
+    style = ["--weights", "random", "--precision", "fp32", "--no-gpu"]
+    jobs = {
+        "train": _submit(token_cluster, "train", "train_cifar.py", *cifar, "--storage-path", runs,
+                         "--name", "cifar", "--num-workers", "1"),
+        "finetune": _submit(token_cluster, "finetune", "finetune.py", "--data-dir", inputs / "folder", "--scratch",
+                            "--crop-size", "32", "--batch-size", "8", "--no-gpu", "--num-workers", "1",
+                            "--cpus-per-worker", "1", "--epochs", "1", "--storage-path", runs, "--name", "ft"),
+        "sweep_train": _submit(token_cluster, "sweep-train", "sweep_train.py", "--job", "cifar", *cifar,
+                               "--precision", "fp32", "--param", "lr=1e-2|1e-3", "--storage-path", runs,
+                               "--name", "st"),
+        "sweep_style": _submit(token_cluster, "sweep-style", "sweep_style.py", "--content", photos / "content.png",
+                               "--style", photos / "style.png", "--arch", "vgg16", "--shape", "32x48",
+                               "--iterations", "3", "--param", "style-weight=0.01|1", *style,
+                               "--storage-path", runs, "--name", "ss"),
+        "stylize": _submit(token_cluster, "stylize", "stylize_folder.py", "--input", photos / "in",
+                           "--output", runs / "styled", "--style", photos / "style.png", "--size", "32",
+                           "--iterations", "2", "--num-actors", "1", "--cpus-per-actor", "1", *style),
+        "bad": _submit(token_cluster, "bad", "train_cifar.py", "--epochs", "0", "--storage-path", runs),
+    }
+    status = _wait(token_cluster, list(jobs.values()))
+    failed = {name: "\n".join(_logs(token_cluster, jobs[name]).strip().splitlines()[-6:]) for name in jobs
+              if name != "bad" and status.get(jobs[name]) != "SUCCEEDED"}
+    assert not failed, "\n\n".join(f"{name}:\n{text}" for name, text in failed.items())
+
+    bad_log = _logs(token_cluster, jobs["bad"])
+    assert status[jobs["bad"]] == "FAILED"
+    assert bad_log.strip().splitlines()[-1].endswith("must be a positive integer, got 0 (see --help)")
+    assert "Traceback" not in bad_log
+
+    assert (runs / "cifar" / "model.pt").is_file() and (runs / "cifar" / "metrics.csv").is_file()
+    assert (runs / "ft" / "model.pt").is_file()
+    assert (runs / "st" / "trials.parquet").is_file() and (runs / "ss" / "trials.parquet").is_file()
+    assert sorted(p.stem for p in (runs / "styled").rglob("*.png")) == ["p0", "p1", "p2"]
+
+    # predict needs a trained run: the fine-tuned one, on its own test images.
+    predict = _submit(token_cluster, "predict", "predict.py", "--run", runs / "ft",
+                      "--input", inputs / "folder" / "test", "--output", runs / "pred", "--num-actors", "1",
+                      "--cpus-per-actor", "1", "--no-gpu")
+    assert _wait(token_cluster, [predict]) == {predict: "SUCCEEDED"}, _logs(token_cluster, predict)[-3000:]
+    assert any((runs / "pred").rglob("*.parquet")) or any((runs / "pred").rglob("*.csv"))
