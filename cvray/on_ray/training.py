@@ -187,7 +187,9 @@ def describe_failure(worker_exceptions: dict[int, Exception]) -> str:
         text = str(exc)
         pid = re.search(r"\bpid: (\d+)", text)
         where = f"training worker rank {rank}" + (f" (pid {pid.group(1)})" if pid else "")
-        if "unavailable" in text.lower() or "ActorUnavailable" in type(exc).__name__:
+        if re.search(r"gloo|nccl|connection (closed|reset) by peer", text, re.I):
+            parts.append(f"{where} lost its peers (another worker or its node died)")
+        elif "unavailable" in text.lower() or "ActorUnavailable" in type(exc).__name__:
             parts.append(f"{where} was lost (its node died or cannot be reached)")
         elif "died" in text or "ActorDied" in type(exc).__name__ or "ActorDied" in text:
             node = " (its node died)" if re.search(r"node .*(died|dead)|NODE_DIED|raylet", text, re.I) else ""

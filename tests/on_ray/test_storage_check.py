@@ -10,13 +10,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import cluster_process
 
 from cvray.classification.runs import read_metrics
+from cvray.net import free_port
 from cvray.on_ray.storage_check import check_storage_visible
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,10 +29,29 @@ def job(*args, timeout: float = 600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def alive_nodes(address: str) -> list:
-    from ray.util.state import list_nodes
+_GCS_QUERY = """
+import json, sys, time, ray
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+if sys.argv[2] == "nodes":  # wait (bounded) until at least N nodes are alive; their ids
+    deadline = time.monotonic() + float(sys.argv[4])
+    while len(nodes := [n["NodeID"] for n in ray.nodes() if n["Alive"]]) < int(sys.argv[3]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(json.dumps(nodes))
+else:  # every Ray Train worker the cluster has known: [job id, node id]
+    print(json.dumps([[a["JobID"], a["Address"]["NodeID"]] for a in ray._private.state.actors().values()
+                      if a["ActorClassName"] == "RayTrainWorker"]))
+"""
 
-    return [n for n in list_nodes(address=address) if n.state == "ALIVE"]
+
+def gcs_query(address: str, *args) -> list:
+    """Ask the cluster's GCS (as a driver of its own: this test process may be joined to another
+    Ray; and the State API needs a dashboard, which a test cluster may lack when its port is taken)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", _GCS_QUERY, address, *map(str, args)], capture_output=True,
+                         text=True, env=env, timeout=NODE_JOIN_TIMEOUT_S + 60, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def can_unshare_mounts() -> bool:
@@ -51,25 +70,36 @@ def blind_node_cluster(tmp_path_factory):
         pytest.skip("needs `unshare --mount` (root, or user namespaces): see docs/reliability.md")
     storage = tmp_path_factory.mktemp("shared")
     with cluster_process(1, []) as address:
-        (head,) = alive_nodes(address)
+        (head,) = gcs_query(address, "nodes", 1, NODE_JOIN_TIMEOUT_S)
+        # The agent's listen port is fixed by default (52365): another Ray node on this machine may hold it.
         script = (f"mount -t tmpfs cvray-test {shlex.quote(str(storage))} && "
-                  f"exec ray start --address {shlex.quote(address)} --num-cpus 1 --block")
+                  f"exec ray start --address {shlex.quote(address)} --num-cpus 1 "
+                  f"--dashboard-agent-listen-port {free_port()} --block")
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        node = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], start_new_session=True, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node_log = tmp_path_factory.mktemp("node") / "ray_start.log"
+        with open(node_log, "w") as log:
+            node = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], start_new_session=True, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + NODE_JOIN_TIMEOUT_S
-            while len(nodes := alive_nodes(address)) < 2 and node.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)  # waiting for the node to register, not for a result
-            assert len(nodes) == 2, f"the namespaced node did not join (exit code {node.poll()})"
-            yield address, storage, next(n.node_id for n in nodes if n.node_id != head.node_id)
+            nodes = gcs_query(address, "nodes", 2, NODE_JOIN_TIMEOUT_S)
+            assert len(nodes) == 2, f"the namespaced node did not join: {node_log.read_text()[-2000:]}"
+            yield address, storage, next(n for n in nodes if n != head)
         finally:
-            os.killpg(node.pid, signal.SIGTERM)  # `ray start --block` stops the node's processes
-            try:
-                node.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
+            _stop(node)
+
+
+def _stop(node: subprocess.Popen) -> None:
+    """Stop the node started under unshare (its process group: `ray start --block` and what it runs)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGTERM: `ray start --block` stops the node's processes
+        try:
+            os.killpg(node.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            node.wait(timeout=60)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.mark.slow
@@ -89,18 +119,13 @@ def test_uri_storage_is_left_to_pyarrow():
 
 @pytest.mark.slow
 def test_two_nodes_train_one_worker_each_and_converge(spread_cluster, tiny_cifar, tmp_path):
-    from ray.util.state import list_actors
-
-    def training_workers() -> dict[str, str]:
-        actors = list_actors(address=spread_cluster, filters=[("class_name", "=", "RayTrainWorker")], limit=10000)
-        return {a.actor_id: a.node_id for a in actors}
-
-    before = training_workers()
     result = job("--address", spread_cluster, "--data-dir", tiny_cifar, "--storage-path", tmp_path, "--name", "run",
                  "--no-gpu", "--num-workers", "2", "--batch-size", "16", "--epochs", "3", "--lr", "0.003")
     assert result.returncode == 0, result.stdout + result.stderr
-    ours = {a: node for a, node in training_workers().items() if a not in before}
-    assert len(ours) == 2 and len(set(ours.values())) == 2, ours  # one worker on each node (2 CPUs each)
+    workers = gcs_query(spread_cluster, "workers")
+    ours = max(int.from_bytes(bytes.fromhex(job_id), "little") for job_id, _ in workers)  # the latest job's
+    nodes = [node for job_id, node in workers if int.from_bytes(bytes.fromhex(job_id), "little") == ours]
+    assert len(nodes) == 2 and len(set(nodes)) == 2, workers  # one worker on each node (2 CPUs each)
     rows = read_metrics(str(tmp_path / "run"))
     assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["train_examples"] == 128 for r in rows)
     # Ten classes whose colour tints each image: well above chance (0.1) once trained on both nodes.

@@ -56,12 +56,15 @@ def once_at(marker: str, action: Callable[[], None]) -> Callable[[str], None]:
     return on_line
 
 
-def kill_a_training_worker(address: str) -> None:
-    from ray.util.state import list_actors
+def kill_a_training_worker() -> None:
+    """SIGKILL a live Ray Train worker of the Ray this test process is joined to (ray_local), found
+    in the GCS's actor table (the State API would need the dashboard, whose port may be taken)."""
+    import ray
 
-    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert workers, "no live training worker to kill"
-    os.kill(workers[0].pid, signal.SIGKILL)
+    pids = [a["Pid"] for a in ray._private.state.actors().values()
+            if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
+    assert pids, "no live training worker to kill"
+    os.kill(pids[0], signal.SIGKILL)
 
 
 def check_recovered(out: str, run: Path, epochs: int, failures: int = 1) -> None:
@@ -69,8 +72,8 @@ def check_recovered(out: str, run: Path, epochs: int, failures: int = 1) -> None
     traceback; the tracebacks are in the run folder's train.log."""
     for epoch in range(1, epochs + 1):
         assert len(re.findall(rf"epoch {epoch}/{epochs}: loss", out)) == 1, out
-    resumed = re.findall(r"training worker rank \d+ [^\n]*(?:died|was lost)[^\n]*; resuming from the checkpoint after "
-                         rf"epoch (\d) \(failure 1 of {failures}; details in train\.log\)", out)
+    resumed = re.findall(r"training worker rank \d+ [^\n]*(?:died|was lost|lost its peers)[^\n]*; resuming from "
+                         rf"the checkpoint after epoch (\d) \(failure 1 of {failures}; details in train\.log\)", out)
     assert len(resumed) == 1 and 1 <= int(resumed[0]) < epochs, out
     assert "Traceback" not in out and "Graceful shutdown" not in out, out
     assert [r["epoch"] for r in read_metrics(str(run))] == list(range(1, epochs + 1))
@@ -85,7 +88,7 @@ def test_cifar_worker_killed_mid_run_resumes_from_its_checkpoint(ray_local, tiny
             "--train-samples", "32", "--test-samples", "16", "--no-gpu", "--num-workers", "1", "--batch-size", "16",
             "--epochs", "3", "--max-failures", "1"]
     code, out = run_job("train_cifar.py", args, on_line=once_at("epoch 1/3: loss",
-                                                                 lambda: kill_a_training_worker(ray_local)))
+                                                                 kill_a_training_worker))
     assert code == 0, out
     check_recovered(out, tmp_path / "run", 3)
     assert "test acc" in out.splitlines()[-2]  # the lab's closing lines
@@ -97,7 +100,7 @@ def test_finetune_worker_killed_mid_run_resumes_from_its_checkpoint(ray_local, t
             "--scratch", "--crop-size", "32", "--train-samples", "32", "--test-samples", "16", "--no-gpu",
             "--num-workers", "1", "--batch-size", "16", "--epochs", "3", "--max-failures", "1"]
     code, out = run_job("finetune.py", args, on_line=once_at("epoch 1/3: loss",
-                                                             lambda: kill_a_training_worker(ray_local)))
+                                                             kill_a_training_worker))
     assert code == 0, out
     check_recovered(out, tmp_path / "run", 3)
 
@@ -110,7 +113,10 @@ from cvray.net import free_port
 # without it they pick whichever Ray on this machine started last (see cvray.on_ray.connect.start_local).
 port = free_port()
 os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1"})
+# A free dashboard port too: Ray Train's placement-group cleaner needs the State API (the dashboard),
+# and the default port may be another test Ray's.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1",
+                                                        "dashboard_port": free_port()})
 nodes = [cluster.add_node(num_cpus=1) for _ in range(json.loads(sys.argv[1]))]
 cluster.wait_for_nodes()
 print(json.dumps({"address": cluster.address}), flush=True)
@@ -202,3 +208,45 @@ def test_node_killed_stops_a_fixed_count_and_an_elastic_range_carries_on(damagea
     rows = read_metrics(str(tmp_path / "elastic"))
     assert rows[0]["train_examples"] == rows[-1]["train_examples"] == 64  # every image, on 2 workers then 1
     assert json.loads((tmp_path / "elastic" / "summary.json").read_text())["devices"] == ["cpu"]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_ray_train_tracebacks_go_to_the_run_log_and_stay_off_the_console_unless_verbose(tmp_path, verbose):
+    import logging
+
+    from cvray.on_ray.training import RUN_LOG, route_tracebacks_to_run_log
+
+    logger = logging.getLogger("ray.train")
+    shown = []
+    handler = logging.StreamHandler()
+    handler.emit = lambda record: shown.append(record.getMessage())  # what the console would print
+    logger.addHandler(handler)
+    try:
+        route_tracebacks_to_run_log(str(tmp_path), verbose)
+        route_tracebacks_to_run_log(str(tmp_path), verbose)  # idempotent: one filter
+        assert len(handler.filters) == 1
+        child = logging.getLogger("ray.train.v2.some_callback")
+        try:
+            raise RuntimeError("the backend is gone")
+        except RuntimeError:
+            child.warning("Graceful shutdown of backend failed.", exc_info=True)
+        child.error("Error in training function:\nTraceback (most recent call last):\n  ...\nValueError: x")
+        child.warning("a plain warning")
+    finally:
+        logger.removeHandler(handler)
+    kept = ["Graceful shutdown of backend failed.", "Error in training function:"] if verbose else []
+    assert [m.split("\n")[0] for m in shown] == [*kept, "a plain warning"]
+    log = (tmp_path / RUN_LOG).read_text()
+    assert "RuntimeError: the backend is gone" in log and "ValueError: x" in log and "a plain warning" in log
+
+
+def test_a_failure_is_named_by_rank_pid_and_cause():
+    from cvray.on_ray.training import describe_failure
+
+    died = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker\n"
+                        "\tpid: 4242\n\tip: 10.0.0.7")
+    assert describe_failure({1: died}) == "training worker rank 1 (pid 4242) died"
+    peer = RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer.")
+    assert describe_failure({0: peer}) == "training worker rank 0 lost its peers (another worker or its node died)"
+    failed = ValueError("Traceback ...\nValueError: shape")
+    assert describe_failure({0: failed}) == "training worker rank 0 failed: ValueError: shape"
