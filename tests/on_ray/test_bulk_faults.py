@@ -1,12 +1,12 @@
 """Faults injected into the folder jobs on a real two-node cluster (spread_cluster), each job run
 as a user runs it (a subprocess with --address): a stylisation actor and a predict actor killed
-mid-run, the bulk job's driver killed and the command rerun, the S3 emulator stopped and started
-again during a run. Every wait is for a marker (a manifest part, an output object, an actor
-process), bounded in time; the outcome: every good image present once and whole, recorded once."""
+mid-run, the bulk job's driver killed and the command rerun (the S3 emulator stopped and started
+again during a run is test_multinode's, in its S3 run). Every wait is for a marker (a manifest
+part, a console line, an actor process), bounded in time; the outcome: every good image present
+once and whole, recorded once."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import time
@@ -15,13 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from test_multinode import (
-    S3_ENV,
     STYLE_FAST,
     cluster_processes,
     manifest_rows,
-    moto_server,
     run_job,
-    s3_uri,
     start_job,
     stop,
     style_image,  # noqa: F401 - a fixture
@@ -31,7 +28,7 @@ from test_multinode import (
 
 pytestmark = pytest.mark.slow
 
-SLOW_STYLE = [*STYLE_FAST, "--iterations", "40", "--batch-size", "1"]
+SLOW_STYLE = [*STYLE_FAST, "--iterations", "30", "--batch-size", "1"]
 """Enough work per image (a second or so) that a run is still going when the first image lands."""
 STYLE_ACTOR, PREDICT_ACTOR = "MapBatches(StylizeActor)", "MapBatches(PredictActor)"
 
@@ -55,22 +52,41 @@ def outputs(out) -> dict[str, int]:
     return found
 
 
-def test_a_killed_stylisation_actor_loses_and_repeats_nothing(spread_cluster, tmp_path, style_image):  # noqa: F811
+def test_a_killed_actor_then_a_killed_driver_lose_and_repeat_nothing(spread_cluster, tmp_path,
+                                                                     style_image):  # noqa: F811
+    """One run, two faults (one cluster run fewer for CI): a stylisation actor killed while it
+    works is redone in a new pipeline; then the driver killed, and the same command rerun does
+    only what was missing."""
     rels = write_images(tmp_path / "in", 6)
     out, log = tmp_path / "out", tmp_path / "job.log"
-    proc = start_job("stylize_folder.py", ["--input", tmp_path / "in", "--output", out, "--style", style_image,
-                                           *SLOW_STYLE], spread_cluster, log)
+    argv = ["--input", tmp_path / "in", "--output", out, "--style", style_image, *SLOW_STYLE]
+    proc = start_job("stylize_folder.py", argv, spread_cluster, log)
     try:
         wait_for(lambda: (out / "_cvray" / "parts").is_dir() and done_parts(out), proc, log)
-        victim = min(cluster_processes(spread_cluster, STYLE_ACTOR))
-        os.kill(victim, signal.SIGKILL)
-        assert proc.wait(timeout=300) == 0, log.read_text()
+        os.kill(min(cluster_processes(spread_cluster, STYLE_ACTOR)), signal.SIGKILL)
+        wait_for(lambda: "attempt 2 of 3" in log.read_text() and len(done_parts(out)) >= 2, proc, log)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray ends its job's actors
+        proc.wait(timeout=60)
     finally:
         stop(proc)
     console = log.read_text()
-    assert "a Ray worker died" in console and "attempt 2 of 3" in console, console
-    assert "done 6, skipped 0, failed 0," in console and "Traceback" not in console
-    assert sorted(outputs(out)) == sorted(rels)
+    assert "a Ray worker died (The actor died" in console and "Traceback" not in console, console
+    deadline = time.monotonic() + 120  # Ray ends a dead driver's actors: wait for that, bounded
+    while cluster_processes(spread_cluster, STYLE_ACTOR):
+        assert time.monotonic() < deadline, "the dead driver's actors still run"
+        time.sleep(0.1)
+    finished = done_parts(out)
+    before = outputs(out)
+    assert set(before) >= finished  # an image is written before its part
+    assert 2 <= len(finished) < 6, finished
+
+    code, console = run_job("stylize_folder.py", argv, spread_cluster, log)
+    assert code == 0, console
+    assert f"done {6 - len(finished)}, skipped {len(finished)}, failed 0," in console
+    assert "constructor arguments in the object store" not in console and "Traceback" not in console
+    after = outputs(out)
+    assert sorted(after) == sorted(rels)
+    assert all(after[rel] == before[rel] for rel in finished)  # finished images untouched
     rows = manifest_rows(out / "_cvray" / "manifest.parquet")  # each file once
     assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
     assert not list((out / "_cvray" / "parts").iterdir())
@@ -112,77 +128,3 @@ def test_predict_actors_spread_over_both_nodes_and_one_killed_loses_nothing(spre
     assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
     predictions = pq.read_table(out / "predictions.parquet").to_pylist()
     assert len(predictions) == len(rels)
-
-
-def test_the_bulk_drivers_death_then_the_same_command_does_only_what_was_missing(
-        spread_cluster, tmp_path, style_image):  # noqa: F811
-    rels = write_images(tmp_path / "in", 6)
-    out, log = tmp_path / "out", tmp_path / "job.log"
-    argv = ["--input", tmp_path / "in", "--output", out, "--style", style_image, *SLOW_STYLE]
-    proc = start_job("stylize_folder.py", argv, spread_cluster, log)
-    try:
-        wait_for(lambda: (out / "_cvray" / "parts").is_dir() and len(done_parts(out)) >= 2, proc, log)
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray ends its job's actors
-        proc.wait(timeout=60)
-    finally:
-        stop(proc)
-    deadline = time.monotonic() + 120  # Ray ends a dead driver's actors: wait for that, bounded
-    while cluster_processes(spread_cluster, STYLE_ACTOR):
-        assert time.monotonic() < deadline, "the dead driver's actors still run"
-        time.sleep(0.1)
-    finished = done_parts(out)
-    before = outputs(out)
-    assert set(before) >= finished  # an image is written before its part
-    assert 2 <= len(finished) < 6, finished
-    code, console = run_job("stylize_folder.py", argv, spread_cluster, log)
-    assert code == 0, console
-    assert f"done {6 - len(finished)}, skipped {len(finished)}, failed 0," in console
-    after = outputs(out)
-    assert sorted(after) == sorted(rels)
-    assert all(after[rel] == before[rel] for rel in finished)  # finished images untouched
-    rows = manifest_rows(out / "_cvray" / "manifest.parquet")
-    assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
-
-
-def test_the_object_store_gone_for_a_moment_leaves_no_claimed_object_missing(spread_cluster, tmp_path,
-                                                                             style_image):  # noqa: F811
-    from moto.server import ThreadedMotoServer
-
-    server, client, port = moto_server()
-    try:
-        for rel in write_images(tmp_path / "in", 6):
-            client.put_object(Bucket="photos", Key=f"in/{rel}", Body=(tmp_path / "in" / rel).read_bytes())
-        argv = ["--input", s3_uri(port, "in"), "--output", s3_uri(port, "out"), "--style", style_image,
-                *SLOW_STYLE]
-        log = tmp_path / "job.log"
-        proc = start_job("stylize_folder.py", argv, spread_cluster, log, S3_ENV)
-
-        def images_out():
-            listing = client.list_objects_v2(Bucket="photos", Prefix="out/").get("Contents", [])
-            return {o["Key"][4:] for o in listing if not o["Key"].startswith("out/_cvray/")}
-
-        try:
-            wait_for(images_out, proc, log)
-            server.stop()  # the store goes away while actors write ...
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-            server.start()  # ... and comes back on the same address, its objects kept
-            code = proc.wait(timeout=300)
-        finally:
-            stop(proc)
-        console = log.read_text()
-        # Either the writes were retried (exit 0) or the job stopped with one clear line (exit 2).
-        assert code in (0, 2) and "Traceback" not in console, console
-        if code == 2:
-            assert "error: cannot write" in console, console
-        code, console = run_job("stylize_folder.py", argv, spread_cluster, log, S3_ENV)
-        assert code == 0 and "failed 0," in console, console
-        assert images_out() == set(write_images(tmp_path / "again", 6))
-        manifest = client.get_object(Bucket="photos", Key="out/_cvray/manifest.parquet")["Body"].read()
-        rows = manifest_rows(io.BytesIO(manifest))
-        assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"done"}
-        for rel in rows:  # every recorded object is there, whole
-            body = client.get_object(Bucket="photos", Key=f"out/{rel}")["Body"].read()
-            with Image.open(io.BytesIO(body)) as img:
-                img.load()
-    finally:
-        server.stop()
