@@ -28,8 +28,8 @@ from test_multinode import (
 
 pytestmark = pytest.mark.slow
 
-SLOW_STYLE = [*STYLE_FAST, "--iterations", "30", "--batch-size", "1"]
-"""Enough work per image (a second or so) that a run is still going when the first image lands."""
+SLOW_STYLE = [*STYLE_FAST, "--iterations", "10", "--batch-size", "1"]
+"""Work per image (ten steps, one image at a time) so that a run still has images to do when its first lands."""
 STYLE_ACTOR, PREDICT_ACTOR = "MapBatches(StylizeActor)", "MapBatches(PredictActor)"
 
 

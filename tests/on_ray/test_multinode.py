@@ -195,7 +195,7 @@ def test_bulk_stylisation_on_s3_spreads_over_both_nodes_and_outlives_the_store_r
         for rel in rels:
             client.put_object(Bucket="photos", Key=f"in/{rel}", Body=(tmp_path / "in" / rel).read_bytes())
         argv = ["--input", s3_uri(port, "in"), "--output", s3_uri(port, "out"), "--style", style_image,
-                *STYLE_FAST, "--iterations", "30", "--batch-size", "1"]
+                *STYLE_FAST, "--iterations", "10", "--batch-size", "1"]
         log = tmp_path / "job.log"
 
         def images_out() -> set[str]:
