@@ -3,6 +3,7 @@ tests that use it, and what a test needs to look at one: its processes and their
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -14,6 +15,19 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "cluster" / "local"
+
+
+def _root_conftest():
+    """tests/conftest.py's data writers, for modules here (`import conftest` finds this file)."""
+    spec = importlib.util.spec_from_file_location("cvray_tests_root_conftest", REPO_ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_root = _root_conftest()
+image_writer, write_labelled_folder, write_parquet_split = (
+    _root.image_writer, _root.write_labelled_folder, _root.write_parquet_split)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -37,6 +51,18 @@ def session_members(sids) -> set[int]:
             except OSError:  # gone meanwhile
                 pass
     return members
+
+
+def all_pids():
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _socket_inodes(pid: int) -> set[str]:

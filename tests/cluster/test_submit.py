@@ -4,13 +4,22 @@ cluster's shared storage; a bad flag ends FAILED with the job's one line last in
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 import uuid
 
 import pytest
-from conftest import REPO_ROOT, image_writer, write_labelled_folder, write_parquet_split
+from conftest import (
+    REPO_ROOT,
+    all_pids,
+    cmdline,
+    image_writer,
+    session_members,
+    write_labelled_folder,
+    write_parquet_split,
+)
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -110,3 +119,19 @@ def test_every_job_succeeds_through_ray_job_submit(token_cluster, inputs):
                       "--cpus-per-actor", "1", "--no-gpu")
     assert _wait(token_cluster, [predict]) == {predict: "SUCCEEDED"}, _logs(token_cluster, predict)[-3000:]
     assert any((runs / "pred").rglob("*.parquet")) or any((runs / "pred").rglob("*.csv"))
+
+
+def test_stop_ends_exactly_the_processes_it_started(token_cluster, ray_local):
+    """Last in this file (it stops the session's cluster): cluster/local/stop.sh ends every process
+    of the nodes it started and no other Ray's (ray_local, the session's own Ray, is one)."""
+    ours = session_members(token_cluster.sids)
+    assert len(ours) >= 6  # two `ray start`, GCS, dashboard, two raylets, ...
+    others = {pid for pid in all_pids() if "ray" in cmdline(pid)} - ours
+    proc = token_cluster.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert session_members(token_cluster.sids) == set()
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in ours)
+    survivors = {pid for pid in others if os.path.exists(f"/proc/{pid}")}
+    # Every other Ray's daemons are still there (short-lived workers may end on their own).
+    daemons = {pid for pid in others if any(n in cmdline(pid) for n in ("gcs_server", "raylet"))}
+    assert daemons and daemons <= survivors
