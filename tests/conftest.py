@@ -140,38 +140,74 @@ def tiny_cifar(tmp_path_factory):
 
 
 _CLUSTER_PROCESS = """
-import json, sys
+import json, os, sys
 from ray.cluster_utils import Cluster
+from cvray.net import free_port
 head_cpus, worker_cpus = json.loads(sys.argv[1])
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "dashboard_host": "127.0.0.1"})
-for cpus in worker_cpus:
-    cluster.add_node(num_cpus=cpus)
+# Ray's own processes (Ray Train's placement-group cleaner) find "their" cluster through RAY_ADDRESS,
+# else whichever Ray on this machine started last (see cvray.on_ray.connect.start_local); and the
+# State API they use needs this cluster's dashboard, on a port no other test Ray has.
+port = free_port()
+os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "dashboard_host": "127.0.0.1",
+                                                        "dashboard_port": free_port()})
+nodes = [cluster.add_node(num_cpus=cpus) for cpus in worker_cpus]
 cluster.wait_for_nodes()
 print(json.dumps({"address": cluster.address}), flush=True)
-sys.stdin.read()  # until the test session closes stdin (or dies)
+for command in sys.stdin:  # until the test closes stdin (or dies)
+    if command.strip() == "kill":  # the newest worker node dies: its raylet and workers
+        cluster.remove_node(nodes.pop(), allow_graceful=False)
+    else:  # "add CPUS": a new worker node
+        nodes.append(cluster.add_node(num_cpus=int(command.split()[1])))
+        cluster.wait_for_nodes()
+    print("done", flush=True)
 cluster.shutdown()
 """
 
 
+class ClusterProcess:
+    """A real multi-node Ray cluster on this machine (ray.cluster_utils), run by its own process so
+    a test's driver joins it like any client. `kill_node()` ends the newest worker node at once,
+    `add_node(cpus)` adds one; `close()` shuts the cluster down."""
+
+    def __init__(self, head_cpus: int, worker_cpus: list[int]):
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-c", _CLUSTER_PROCESS, json.dumps([head_cpus, worker_cpus])],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the test cluster did not start (exit code {self.proc.wait(timeout=60)})")
+        self.address = json.loads(line)["address"]
+
+    def _command(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def kill_node(self) -> None:
+        self._command("kill")
+
+    def add_node(self, cpus: int) -> None:
+        self._command(f"add {cpus}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @contextlib.contextmanager
 def cluster_process(head_cpus: int, worker_cpus: list[int]):
-    """A real multi-node Ray cluster on this machine (ray.cluster_utils), run by its own process so a
-    test's driver joins it like any client; yields its address and shuts it down on exit."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-c", _CLUSTER_PROCESS, json.dumps([head_cpus, worker_cpus])],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    """A ClusterProcess for the `with` block; yields its address."""
+    cluster = ClusterProcess(head_cpus, worker_cpus)
     try:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the test cluster did not start (exit code {proc.wait(timeout=60)})")
-        yield json.loads(line)["address"]
+        yield cluster.address
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        cluster.close()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from cvray.classification import runs
 from cvray.errors import ClusterError
 from cvray.on_ray.connect import check_reachable, connect
 from cvray.on_ray.placement import resolve_gpu
+from cvray.on_ray.storage_check import check_storage_visible
 from cvray.on_ray.sweeps import error_line, fit, make_tuner, open_sweep, search_space, trial_count, was_interrupted
 from cvray.params import ParamSpec
 from cvray.style.config import StyleConfig
@@ -93,6 +94,7 @@ def run_style_sweep(sweep: StyleSweep, content, styles, *, address: str | None =
 
     space = search_space(sweep.params, sweep.search)
     cluster = connect(address, quiet=not verbose)
+    check_storage_visible(runs.absolute(sweep.storage_path))  # trials write their images there
     use_gpu = resolve_gpu(sweep.use_gpu, cluster)
     height, width = sweep.config.output_size(*content.size)
     if use_gpu:

@@ -30,6 +30,7 @@ from cvray.classification.recipes import Recipe
 from cvray.errors import ConfigError
 from cvray.on_ray.connect import check_reachable, connect
 from cvray.on_ray.placement import DRIVER_CPUS, Placement, plan_trials
+from cvray.on_ray.storage_check import check_storage_visible
 from cvray.on_ray.training import launch_training
 from cvray.params import ParamSpec
 
@@ -112,12 +113,15 @@ def run_train_sweep(sweep: TrainSweep, *, address: str | None = None, fresh: boo
         raise ConfigError("sweeps select on a validation share: --val-share must be above 0")
     if sweep.recipe.streams(base):
         raise ConfigError("sweeps hold the data in memory: add --data-path memory (or use a smaller folder)")
+    if base.min_workers is not None and base.min_workers != base.num_workers:
+        raise ConfigError("sweeps take a fixed --num-workers (trials are placed whole), not MIN-MAX")
     if sweep.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {sweep.num_samples}")
     space = search_space(sweep.params, sweep.search)
     data = sweep.recipe.load_data(base)
     sweep.recipe.check(base)
     cluster = connect(address, quiet=not verbose)
+    check_storage_visible(runs.absolute(base.storage_path))  # every trial's run folder lives there
     plan = plan_trials(cluster, base.num_workers, base.use_gpu, base.cpus_per_worker, sweep.max_concurrent)
     _check_batch_sizes(sweep, base, plan.workers.count)
     storage_path = runs.absolute(base.storage_path)

@@ -99,6 +99,7 @@ def test_a_grid_finishes_stops_early_fails_and_resumes_without_redoing(ray_local
     (["--param", "batch-size=8|x"], "is not a whole number"),
     (["--lr", "0.1", "--param", "lr=1e-3|1e-2"], "drop the fixed --lr"),
     (["--num-samples", "0", "--search", "random"], "--num-samples must be at least 1"),
+    (["--num-workers", "1-2"], "fixed --num-workers"),
     (["--val-share", "0"], "--val-share must be above 0"),
     (["--num-workers", "3", "--cpus-per-worker", "1"], "one trial needs 3.05 CPUs"),
 ])

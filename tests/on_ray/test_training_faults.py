@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import ClusterProcess
 
 from cvray.classification.runs import read_metrics
 
@@ -105,63 +106,11 @@ def test_finetune_worker_killed_mid_run_resumes_from_its_checkpoint(ray_local, t
     check_recovered(out, tmp_path / "run", 3)
 
 
-_DAMAGEABLE_CLUSTER = """
-import json, os, sys
-from ray.cluster_utils import Cluster
-from cvray.net import free_port
-# Ray's own processes (Ray Train's placement-group cleaner) find "their" cluster through RAY_ADDRESS;
-# without it they pick whichever Ray on this machine started last (see cvray.on_ray.connect.start_local).
-port = free_port()
-os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
-# A free dashboard port too: Ray Train's placement-group cleaner needs the State API (the dashboard),
-# and the default port may be another test Ray's.
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1",
-                                                        "dashboard_port": free_port()})
-nodes = [cluster.add_node(num_cpus=1) for _ in range(json.loads(sys.argv[1]))]
-cluster.wait_for_nodes()
-print(json.dumps({"address": cluster.address}), flush=True)
-for command in sys.stdin:  # "kill": the newest worker node dies (its raylet and workers); "add": a new one
-    if command.strip() == "kill":
-        cluster.remove_node(nodes.pop(), allow_graceful=False)
-    else:
-        nodes.append(cluster.add_node(num_cpus=1))
-        cluster.wait_for_nodes()
-    print("done", flush=True)
-cluster.shutdown()
-"""
-
-
-class DamageableCluster:
-    """A real Ray cluster in its own process: a head with no CPUs (the driver's and Ray Train
-    controller's node, never killed) and worker nodes of 1 CPU each, one of which a test can kill."""
-
-    def __init__(self, worker_nodes: int):
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen([sys.executable, "-c", _DAMAGEABLE_CLUSTER, str(worker_nodes)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the test cluster did not start (exit code {self.proc.wait(timeout=60)})")
-        self.address = json.loads(line)["address"]
-
-    def command(self, what: str) -> None:
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "done"
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def damageable_cluster():
-    cluster = DamageableCluster(worker_nodes=2)
+    """A head with no CPUs (the driver's and Ray Train controller's node, never killed) and two
+    worker nodes of 1 CPU each, one of which the test kills."""
+    cluster = ClusterProcess(0, [1, 1])
     yield cluster
     cluster.close()
 
@@ -178,7 +127,7 @@ def test_node_killed_stops_a_fixed_count_and_an_elastic_range_carries_on(damagea
               "--epochs", "3", "--max-failures", "1"]
 
     def kill_node():
-        return once_at("epoch 1/3: loss", lambda: cluster.command("kill"))
+        return once_at("epoch 1/3: loss", lambda: cluster.kill_node())
 
     # Two workers, one per node: the node of one dies in epoch 2. The restart cannot place two
     # workers on the one node left: the job stops with one line; the epoch-1 checkpoint is kept.
@@ -193,7 +142,7 @@ def test_node_killed_stops_a_fixed_count_and_an_elastic_range_carries_on(damagea
     assert [r["epoch"] for r in read_metrics(str(tmp_path / "fixed"))] == list(range(1, stopped_after + 1))
 
     # The node is back: the same command resumes after that epoch and finishes.
-    cluster.command("add")
+    cluster.add_node(1)
     code, out = run_job("train_cifar.py", fixed)
     assert code == 0, out
     assert "resuming run" in out and "epoch 1/3: loss" not in out, out
