@@ -44,10 +44,11 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterError(f"cannot connect to Ray at {address}: {first_line(exc)}{_auth_hint(exc)}") from None
     resources = ray.cluster_resources()
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    alive = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(
         cpus=float(resources.get("CPU", 0.0)), gpus=float(resources.get("GPU", 0.0)),
-        nodes=nodes, address=ray.get_runtime_context().gcs_address,
+        nodes=len(alive), address=ray.get_runtime_context().gcs_address,
+        node_cpus=max((float(n.get("Resources", {}).get("CPU", 0.0)) for n in alive), default=None),
     )
 
 

@@ -34,6 +34,13 @@ class ClusterInfo:
     gpus: float
     nodes: int = 1
     address: str = ""
+    node_cpus: float | None = None
+    """CPUs of the largest node (None: one node, all of `cpus`). A worker or actor runs on one node,
+    so default CPU shares never exceed it (else Ray waits for a node that does not exist)."""
+
+    def cap(self, cpus: float) -> float:
+        """`cpus`, at most one node's CPUs."""
+        return cpus if self.node_cpus is None else min(cpus, max(self.node_cpus, 0.1))
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ def plan_workers(
     count = _count(num_workers, use_gpu, cluster, "--num-workers", cpu_default=1)
     available = cluster.cpus - (tasks_reserve(cluster.cpus) if leave_cpus_for_tasks else 0.0)
     share = available / count if leave_cpus_for_tasks else max(1, math.floor(available / count))
-    default = min(GPU_WORKER_MAX_CPUS, share) if use_gpu else share
+    default = cluster.cap(min(GPU_WORKER_MAX_CPUS, share) if use_gpu else share)
     cpus = cpus_per_worker or default
     if cpus * count > available + 1e-9:
         left = f" while leaving {cluster.cpus - available:g} for data tasks" if leave_cpus_for_tasks else ""
@@ -124,7 +131,7 @@ def plan_actors(
     free = max(0.1, (cluster.cpus - tasks_reserve(cluster.cpus)) / count)
     if use_gpu:
         return Placement(count, True, min(1.0, free), 1)
-    want = cpus_per_actor if cpus_per_actor is not None else cluster.cpus / count
+    want = cpus_per_actor if cpus_per_actor is not None else cluster.cap(cluster.cpus / count)
     return Placement(count, False, min(want, free), max(1, int(want)))
 
 
@@ -159,7 +166,7 @@ def plan_trials(
     if use_gpu:
         concurrency = min(concurrency, max(1, int(cluster.gpus) // count))
     share = (cluster.cpus - concurrency * DRIVER_CPUS) / (concurrency * count)
-    default = min(GPU_WORKER_MAX_CPUS, max(1, math.floor(share))) if use_gpu else share
+    default = cluster.cap(min(GPU_WORKER_MAX_CPUS, max(1, math.floor(share))) if use_gpu else share)
     cpus = cpus_per_worker or default
     need = count * cpus + DRIVER_CPUS
     if need > cluster.cpus + 1e-9:

@@ -10,6 +10,7 @@ from cvray.on_ray.placement import (
     Placement,
     check_global_batch,
     plan_actors,
+    plan_trials,
     plan_workers,
     resolve_gpu,
     tasks_reserve,
@@ -122,3 +123,15 @@ def test_a_bad_num_workers_is_one_line_and_exit_code_2(text, capsys):
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--num-workers" in err, err
+
+
+def test_default_cpu_shares_fit_on_one_node_of_a_multi_node_cluster():
+    """Six CPUs over a 4-CPU and a 2-CPU node: a default share of the whole cluster (6 CPUs for one
+    worker, 3 for each of two actors, 5.95 for a trial) would wait for a node that does not exist."""
+    two_nodes = ClusterInfo(cpus=6, gpus=0, nodes=2, node_cpus=4)
+    assert plan_workers(two_nodes, 1).cpus_each == 4
+    assert plan_workers(two_nodes, 1, cpus_per_worker=6).cpus_each == 6  # asked for: the user's call
+    assert plan_actors(two_nodes, 1).cpus_each <= 4
+    assert plan_trials(two_nodes).workers.cpus_each == 4
+    # One node: unchanged (the whole machine).
+    assert plan_workers(ClusterInfo(cpus=6, gpus=0), 1).cpus_each == 6
