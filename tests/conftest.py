@@ -24,6 +24,10 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "jobs"))
+# tests/cluster/local_cluster.py: helpers for the clusters cluster/local/start.sh starts. (No
+# conftest.py below this one: a second module named conftest would shadow this one for every
+# `from conftest import ...`.)
+sys.path.insert(0, str(REPO_ROOT / "tests" / "cluster"))
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -208,6 +212,23 @@ def cluster_process(head_cpus: int, worker_cpus: list[int]):
         yield cluster.address
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def token_cluster():
+    """A local cluster with token auth, from the project's scripts: a head with 4 CPUs (room for
+    several small jobs at once) and one worker node with 2. Stopped, and its folder removed, at
+    the end of the session."""
+    import shutil
+
+    from local_cluster import start_cluster
+
+    cluster = start_cluster("-w", "1", "-c", "4", "-C", "2")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

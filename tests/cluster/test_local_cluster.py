@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import all_pids, cmdline, is_loopback, listening_sockets, session_members
+from local_cluster import all_pids, cmdline, is_loopback, listening_sockets, session_members
 
 pytestmark = pytest.mark.slow
 

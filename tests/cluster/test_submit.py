@@ -11,15 +11,8 @@ import time
 import uuid
 
 import pytest
-from conftest import (
-    REPO_ROOT,
-    all_pids,
-    cmdline,
-    image_writer,
-    session_members,
-    write_labelled_folder,
-    write_parquet_split,
-)
+from conftest import REPO_ROOT, image_writer, write_labelled_folder, write_parquet_split
+from local_cluster import all_pids, cmdline, session_members
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

@@ -3,31 +3,14 @@ tests that use it, and what a test needs to look at one: its processes and their
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "cluster" / "local"
-
-
-def _root_conftest():
-    """tests/conftest.py's data writers, for modules here (`import conftest` finds this file)."""
-    spec = importlib.util.spec_from_file_location("cvray_tests_root_conftest", REPO_ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-image_writer, write_labelled_folder, write_parquet_split = (
-    _root.image_writer, _root.write_labelled_folder, _root.write_parquet_split)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -137,16 +120,3 @@ def start_cluster(*args: str) -> SimpleNamespace:
     handle.sids = {int(s) for s in recorded["PGIDS"].split()}
     handle.env = {**env, **client}
     return handle
-
-
-@pytest.fixture(scope="session")
-def token_cluster():
-    """A local cluster with token auth, from the project's scripts: a head with 4 CPUs (room for
-    several small jobs at once) and one worker node with 2. Stopped, and its folder removed, at
-    the end of the session."""
-    cluster = start_cluster("-w", "1", "-c", "4", "-C", "2")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.state, ignore_errors=True)
