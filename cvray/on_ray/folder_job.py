@@ -114,18 +114,21 @@ def _drain(todo, src, dst, placement, decode, decode_kwargs, actor, actor_kwargs
         pass
 
 
-def lost_worker(exc: BaseException) -> bool:
-    """Whether `exc` (or what it wraps) says a Ray worker process or node went away."""
+def exception_chain(exc: BaseException):
+    """`exc` and every exception it wraps (Ray's `.cause`, `__cause__`, `__context__`), each once."""
     seen, stack = set(), [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, LOST_WORKER):
-            return True
+        yield e
         stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return False
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) says a Ray worker process or node went away."""
+    return any(isinstance(e, LOST_WORKER) for e in exception_chain(exc))
 
 
 def undecided(todo: list, dst: Folder, run_id: str, kind: ManifestKind) -> list:
@@ -196,17 +199,11 @@ def user_error(exc: BaseException) -> CvrayError | None:
     """
     from cvray import errors
 
-    seen, stack = set(), [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in exception_chain(exc):
         if isinstance(e, CvrayError) and not hasattr(e, "cause"):
             return e
         text = f"{getattr(e, 'error_msg', '')}\n{e}"
         found = re.findall(r"^cvray\.errors\.(\w+Error): (.+)$", text, re.M)
         if found and isinstance(getattr(errors, found[-1][0], None), type):
             return getattr(errors, found[-1][0])(found[-1][1])
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
     return None
