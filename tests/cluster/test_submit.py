@@ -66,6 +66,7 @@ def inputs(tmp_path_factory):
     return root
 
 
+@pytest.mark.heavy
 def test_every_job_succeeds_through_ray_job_submit(token_cluster, inputs):
     runs, photos = token_cluster.storage, inputs / "photos"
     # CPUs per worker/actor explicit: the jobs' defaults size them from the whole cluster's CPUs,

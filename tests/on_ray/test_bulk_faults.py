@@ -26,7 +26,7 @@ from test_multinode import (
     write_images,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 SLOW_STYLE = [*STYLE_FAST, "--iterations", "10", "--batch-size", "1"]
 """Work per image (ten steps, one image at a time) so that a run still has images to do when its first lands."""

@@ -23,7 +23,7 @@ import pytest
 from conftest import image_writer
 from PIL import Image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 REPO = Path(__file__).resolve().parents[2]
 STYLE_FAST = ["--size", "48", "--iterations", "2", "--weights", "random", "--precision", "fp32"]

@@ -118,6 +118,7 @@ def test_uri_storage_is_left_to_pyarrow():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_nodes_train_one_worker_each_and_converge(spread_cluster, tiny_cifar, tmp_path):
     result = job("--address", spread_cluster, "--data-dir", tiny_cifar, "--storage-path", tmp_path, "--name", "run",
                  "--no-gpu", "--num-workers", "2", "--batch-size", "16", "--epochs", "3", "--lr", "0.003")

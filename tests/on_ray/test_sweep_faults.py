@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_multinode import cluster_processes, follow, run_job, start_job, stop, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def finished_trials(sweep: Path) -> dict[str, float]:

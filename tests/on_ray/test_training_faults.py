@@ -96,6 +96,7 @@ def test_cifar_worker_killed_mid_run_resumes_from_its_checkpoint(ray_local, tiny
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_finetune_worker_killed_mid_run_resumes_from_its_checkpoint(ray_local, tiny_folder, tmp_path):
     args = ["--address", ray_local, "--data-dir", tiny_folder, "--storage-path", tmp_path, "--name", "run",
             "--scratch", "--crop-size", "32", "--train-samples", "32", "--test-samples", "16", "--no-gpu",
@@ -120,6 +121,7 @@ PLACEMENT_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "5"}
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_node_killed_stops_a_fixed_count_and_an_elastic_range_carries_on(damageable_cluster, tiny_cifar, tmp_path):
     cluster = damageable_cluster
     common = ["--address", cluster.address, "--data-dir", tiny_cifar, "--storage-path", tmp_path, "--no-gpu",
