@@ -115,6 +115,64 @@ def test_every_job_succeeds_through_ray_job_submit(token_cluster, inputs):
     assert any((runs / "pred").rglob("*.parquet")) or any((runs / "pred").rglob("*.csv"))
 
 
+def _stop(cluster, job_id: str) -> None:
+    proc = subprocess.run(["ray", "job", "stop", "--address", cluster.dashboard, job_id], env=cluster.env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _wait_until(predicate, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(1)
+
+
+@pytest.mark.heavy
+def test_ray_job_stop_then_the_same_submission_resumes(token_cluster, tmp_path):
+    """`ray job stop` of a training job after its first epoch and of a bulk job after its first image;
+    the same submission again finishes each: every epoch once, every image once, the finished ones
+    skipped."""
+    import pyarrow.parquet as pq
+
+    from cvray.classification.runs import read_metrics
+
+    runs = token_cluster.storage
+    (tmp_path / "cifar").mkdir()
+    write_parquet_split(tmp_path / "cifar" / "train.parquet", 384, seed=1)
+    write_parquet_split(tmp_path / "cifar" / "test.parquet", 32, seed=2)
+    rgb, save = image_writer(tmp_path / "photos")
+    for i in range(6):
+        save(f"in/p{i}.png", rgb(48, 40))
+    save("style.png", rgb(48, 32))
+    train = ("train_cifar.py", "--data-dir", tmp_path / "cifar", "--no-gpu", "--epochs", "3", "--batch-size", "16",
+             "--cpus-per-worker", "1", "--num-workers", "1", "--precision", "fp32", "--storage-path", runs,
+             "--name", "stopped-cifar")
+    bulk = ("stylize_folder.py", "--input", tmp_path / "photos" / "in", "--output", runs / "stopped-styled",
+            "--style", tmp_path / "photos" / "style.png", "--size", "40", "--iterations", "40", "--num-actors", "1",
+            "--cpus-per-actor", "1", "--weights", "random", "--precision", "fp32", "--no-gpu")
+    first = {"train": _submit(token_cluster, "train", *train), "bulk": _submit(token_cluster, "bulk", *bulk)}
+    _wait_until(lambda: len(read_metrics(str(runs / "stopped-cifar"))) >= 1)
+    _stop(token_cluster, first["train"])
+    _wait_until(lambda: any((runs / "stopped-styled" / "_cvray").rglob("*.parquet")))
+    _stop(token_cluster, first["bulk"])
+    status = _wait(token_cluster, list(first.values()))
+    stopped_at = len(read_metrics(str(runs / "stopped-cifar")))
+    assert stopped_at < 3 and status[first["train"]] == "STOPPED", (stopped_at, status)
+
+    again = {"train": _submit(token_cluster, "train", *train), "bulk": _submit(token_cluster, "bulk", *bulk)}
+    status = _wait(token_cluster, list(again.values()))
+    assert set(status.values()) == {"SUCCEEDED"}, {k: _logs(token_cluster, v)[-2000:] for k, v in again.items()}
+    assert "resum" in _logs(token_cluster, again["train"])
+    assert [m["epoch"] for m in read_metrics(str(runs / "stopped-cifar"))] == [1, 2, 3]
+    bulk_log = _logs(token_cluster, again["bulk"])
+    skipped = int(bulk_log.split("skipped ")[-1].split(",")[0])
+    assert skipped >= 1, bulk_log
+    rows = pq.read_table(runs / "stopped-styled" / "_cvray" / "manifest.parquet").to_pylist()
+    assert len(rows) == 6 and len({r["input"] for r in rows}) == 6, rows
+    assert sorted(p.stem for p in (runs / "stopped-styled").glob("*.png")) == [f"p{i}" for i in range(6)]
+
+
 def test_stop_ends_exactly_the_processes_it_started(token_cluster, ray_local):
     """Last in this file (it stops the session's cluster): cluster/local/stop.sh ends every process
     of the nodes it started and no other Ray's (ray_local, the session's own Ray, is one)."""
