@@ -52,6 +52,7 @@ class ManifestRecord(TypedDict, total=False):
     seconds: float  # processing time of the file's batch / files in it
     batch_images: int  # files processed together with it (same shape)
     run_id: str  # the run that decided this row
+    node: str | None  # id of the Ray node whose worker decided it; None when decided while listing
     finished_at: datetime.datetime  # UTC
 
 
@@ -64,12 +65,13 @@ MANIFEST_SCHEMA = pa.schema([
     ("loss_content", pa.float64()), ("loss_style", pa.float64()), ("loss_tv", pa.float64()),
     ("loss_total", pa.float64()), ("loss_curve", pa.list_(pa.float32())),
     ("seconds", pa.float64()), ("batch_images", pa.int32()),
-    ("run_id", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
+    ("run_id", pa.string()), ("node", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
 
 BASE_COLUMNS = pa.schema([
     ("relpath", pa.string()), ("input", pa.string()), ("status", pa.string()), ("error", pa.string()),
-    ("input_bytes", pa.int64()), ("run_id", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
+    ("input_bytes", pa.int64()), ("run_id", pa.string()), ("node", pa.string()),
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
 """Columns every job's manifest has (with these types): what the shared planning, resuming and
 merging read and write."""
@@ -116,10 +118,12 @@ def now_utc() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def manifest_record(base: ManifestRecord, run_id: str, **fields) -> ManifestRecord:
-    """A manifest row; `output` is set only where an output exists (status done)."""
+def manifest_record(base: ManifestRecord, run_id: str, *, node: str | None = None, **fields) -> ManifestRecord:
+    """A manifest row; `output` is set only where an output exists (status done). node: the Ray
+    node deciding it (the folder job's stages are told theirs), so a bad node shows in the manifest."""
     output = base.get("output") if fields.get("status") == "done" else None
-    return ManifestRecord(**{**base, **fields, "output": output, "run_id": run_id, "finished_at": now_utc()})
+    return ManifestRecord(**{**base, **fields, "output": output, "run_id": run_id, "node": node,
+                             "finished_at": now_utc()})
 
 
 def failure_reason(exc: BaseException, name: str | None = None) -> str:

@@ -64,7 +64,7 @@ def test_the_bulk_manifest_keeps_its_columns():
     assert manifest.MANIFEST_SCHEMA.names == [
         "relpath", "input", "output", "status", "error", "width", "height", "input_width", "input_height",
         "input_bytes", "loss_content", "loss_style", "loss_tv", "loss_total", "loss_curve", "seconds",
-        "batch_images", "run_id", "finished_at"]
+        "batch_images", "run_id", "node", "finished_at"]
     assert manifest.CSV_COLUMNS == [n for n in manifest.MANIFEST_SCHEMA.names if n != "loss_curve"]
 
 

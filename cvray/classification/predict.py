@@ -63,6 +63,7 @@ class PredictRecord(TypedDict, total=False):
     seconds: float  # model time of the file's batch / files in it
     batch_images: int  # files predicted together with it
     run_id: str  # the job run that decided this row
+    node: str | None  # id of the Ray node whose worker decided it; None when decided while listing
     finished_at: datetime.datetime  # UTC
 
 
@@ -72,7 +73,7 @@ PREDICT_SCHEMA = pa.schema([
     ("input_bytes", pa.int64()),
     ("predicted", pa.string()), ("probability", pa.float32()), ("probabilities", pa.list_(pa.float32())),
     ("seconds", pa.float64()), ("batch_images", pa.int32()),
-    ("run_id", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
+    ("run_id", pa.string()), ("node", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
 PREDICT_MANIFEST = ManifestKind("predict", PREDICT_SCHEMA, PredictRecord)
 """No file per input: a done row holds the prediction, and predictions.parquet is built from the rows."""
@@ -213,10 +214,11 @@ DECODED_SCHEMA = pa.schema([
 RESULT_SCHEMA = pa.schema([("relpath", pa.string()), ("status", pa.string()), ("error", pa.string())])
 
 
-def decode_batch(batch: pa.Table, *, src: Folder, dst: Folder, spec: DecodeSpec, run_id: str) -> pa.Table:
+def decode_batch(batch: pa.Table, *, src: Folder, dst: Folder, spec: DecodeSpec, run_id: str,
+                 node: str | None = None) -> pa.Table:
     """Ray Data task: read and decode every image of the batch at the run's size (Pillow LANCZOS,
     EXIF orientation, any mode, JPEG draft mode); a bad file becomes a failed manifest part here
-    and leaves the stream. No torch here."""
+    (recording `node`, this task's Ray node) and leaves the stream. No torch here."""
     rows = []
     for item in batch.to_pylist():
         try:
@@ -226,7 +228,7 @@ def decode_batch(batch: pa.Table, *, src: Folder, dst: Folder, spec: DecodeSpec,
             pixels = np.asarray(img, dtype=np.uint8)
         except Exception as exc:  # noqa: BLE001 - any bad file is a failed row, never a stopped job
             why = failure_reason(exc, item["relpath"])
-            write_manifest_part(dst, manifest_record(_base(item), run_id, status="failed", error=why),
+            write_manifest_part(dst, manifest_record(_base(item), run_id, node=node, status="failed", error=why),
                                 PREDICT_MANIFEST)
             continue
         rows.append({
@@ -255,7 +257,7 @@ class PredictActor:
     """Ray Data callable class: the run's model and batch transform, loaded once per actor."""
 
     def __init__(self, *, model_path: str, classes: list[str], dst: Folder, run_id: str, batch_size: int,
-                 threads: int | None, use_gpu: bool):
+                 threads: int | None, use_gpu: bool, node: str | None = None):
         import torch
 
         from cvray.classification.runs import load_model
@@ -265,6 +267,7 @@ class PredictActor:
             torch.set_num_threads(threads)  # Ray's OMP_NUM_THREADS follows the fractional CPU share
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dst, self.run_id, self.batch_size, self.classes = dst, run_id, batch_size, list(classes)
+        self.node = node  # the Ray node this actor runs on, for its manifest rows
         self.model = self.transform = self.setup_error = None
         try:
             self.model, info = load_model(model_path, self.device)
@@ -305,8 +308,8 @@ class PredictActor:
         base = {**_base(row), "width": row["width"], "height": row["height"],
                 "input_width": row["input_width"], "input_height": row["input_height"]}
         status = "failed" if error else "done"
-        write_manifest_part(self.dst, manifest_record(base, self.run_id, status=status, error=error, **fields),
-                            PREDICT_MANIFEST)
+        record = manifest_record(base, self.run_id, node=self.node, status=status, error=error, **fields)
+        write_manifest_part(self.dst, record, PREDICT_MANIFEST)
         return {"relpath": row["relpath"], "status": status, "error": error}
 
 

@@ -99,19 +99,41 @@ def _drain(todo, src, dst, placement, decode, decode_kwargs, actor, actor_kwargs
     env = remote_env(src, dst)
     blocks = min(len(todo), max(2 * placement.count, math.ceil(len(todo) / items_per_decode_task)))
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
-    ds = ds.map_batches(decode, batch_format="pyarrow", batch_size=None, num_cpus=DECODE_CPUS,
+    ds = ds.map_batches(_told_its_node(decode), batch_format="pyarrow", batch_size=None, num_cpus=DECODE_CPUS,
                         fn_kwargs=decode_kwargs, **env)
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for max_restarts yet (its ray_remote_args are deprecated).
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(
-            actor, batch_format="pyarrow", batch_size=rows_per_call,
+            _actor_told_its_node(actor), batch_format="pyarrow", batch_size=rows_per_call,
             compute=ray.data.ActorPoolStrategy(size=placement.count),
             fn_constructor_kwargs={**actor_kwargs, "threads": placement.threads_each, "use_gpu": placement.use_gpu},
             num_cpus=placement.cpus_each, num_gpus=1 if placement.use_gpu else 0, max_restarts=0, **env,
         )
     for _ in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         pass
+
+
+def _told_its_node(decode: Callable) -> Callable:
+    """`decode` called with node= the Ray node of the task running it (for its manifest rows)."""
+
+    def decode_on_node(batch, **kwargs):
+        return decode(batch, node=ray.get_runtime_context().get_node_id(), **kwargs)
+
+    decode_on_node.__name__ = decode_on_node.__qualname__ = decode.__name__  # Ray Data's stage name
+    return decode_on_node
+
+
+def _actor_told_its_node(actor: type) -> type:
+    """`actor` built with node= the Ray node it runs on (for its manifest rows); same name, so Ray
+    Data names its processes after the job's actor."""
+
+    class ActorOnNode(actor):
+        def __init__(self, **kwargs):
+            super().__init__(node=ray.get_runtime_context().get_node_id(), **kwargs)
+
+    ActorOnNode.__name__ = ActorOnNode.__qualname__ = actor.__name__
+    return ActorOnNode
 
 
 def exception_chain(exc: BaseException):

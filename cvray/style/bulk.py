@@ -115,11 +115,12 @@ def _changed(earlier: dict, current: dict) -> list[str]:
 
 
 def decode_batch(
-    batch: pa.Table, *, src: Folder, dst: Folder, style: StyleConfig, minimum: int, run_id: str
+    batch: pa.Table, *, src: Folder, dst: Folder, style: StyleConfig, minimum: int, run_id: str,
+    node: str | None = None,
 ) -> pa.Table:
     """Ray Data task: read, decode and size every image of the batch; failures become manifest
-    parts here (and leave the stream), successes go on as raw RGB pixels. No torch is imported
-    here, so these workers start fast."""
+    parts here (recording `node`, this task's Ray node) and leave the stream, successes go on as
+    raw RGB pixels. No torch is imported here, so these workers start fast."""
     size_for = size_checker(style, minimum)
     rows = []
     for item in batch.to_pylist():
@@ -130,7 +131,7 @@ def decode_batch(
             pixels = np.asarray(img, dtype=np.uint8)
         except Exception as exc:  # noqa: BLE001 - any bad file is a failed row, never a stopped job
             why = reason(exc, item["relpath"])
-            write_manifest_part(dst, manifest_record(_base(item), run_id, status="failed", error=why))
+            write_manifest_part(dst, manifest_record(_base(item), run_id, node=node, status="failed", error=why))
             continue
         rows.append({
             **{k: item[k] for k in ("relpath", "input", "output", "out_path", "format", "input_bytes")},
@@ -144,7 +145,7 @@ class StylizeActor:
     """Ray Data callable class: one Stylizer (VGG + cached style Grams) for the actor's life."""
 
     def __init__(self, *, style: StyleConfig, style_bytes: list[bytes], dst: Folder, run_id: str,
-                 batch_size: int, threads: int | None, use_gpu: bool):
+                 batch_size: int, threads: int | None, use_gpu: bool, node: str | None = None):
         import torch
 
         from cvray.style.stylizer import Stylizer
@@ -154,6 +155,7 @@ class StylizeActor:
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         torch.manual_seed(style.seed)  # with --weights random every actor builds the same VGG
         self.style, self.dst, self.run_id, self.batch_size = style, dst, run_id, batch_size
+        self.node = node  # the Ray node this actor runs on, for its manifest rows
         self.stylizer, self.setup_error = None, None
         try:
             images = [decode_image(b, name=f"style image {i}") for i, b in enumerate(style_bytes)]
@@ -207,11 +209,13 @@ class StylizeActor:
                 # The image first: a part never claims a file that isn't there (a crash between
                 # the two leaves an unrecorded image, which the rerun redoes).
                 folders.write_file(self.dst, row["out_path"], data)
-                write_manifest_part(self.dst, manifest_record(base, self.run_id, status="done", **fields))
+                write_manifest_part(self.dst, manifest_record(base, self.run_id, node=self.node, status="done",
+                                                              **fields))
                 return {"relpath": row["relpath"], "status": "done", "error": None}
             except Exception as exc:  # noqa: BLE001 - a full disk or a bad path fails one image
                 error = f"writing failed: {reason(exc)}"
-        write_manifest_part(self.dst, manifest_record(base, self.run_id, status="failed", error=error))
+        write_manifest_part(self.dst, manifest_record(base, self.run_id, node=self.node, status="failed",
+                                                      error=error))
         return {"relpath": row["relpath"], "status": "failed", "error": error}
 
 

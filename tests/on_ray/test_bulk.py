@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import stylize_folder
 from conftest import image_writer, write_bad_files
 from PIL import Image
@@ -108,6 +109,10 @@ def test_bulk_job_writes_every_good_image_once_and_records_the_bad(ray_local, tm
     for rel, words in BAD.items():
         assert rows[rel]["status"] == "failed" and words in rows[rel]["error"], rows[rel]
         assert rows[rel]["output"] is None
+    # Each row names the Ray node that decided it; a file refused while listing has none.
+    node = ray.get_runtime_context().get_node_id()
+    assert {rel: row["node"] for rel, row in rows.items()} == {rel: None if rel == "notes.txt" else node
+                                                                for rel in rows}
     assert not list((out / "_cvray/parts").iterdir())  # merged into the manifest
 
     # The same command again (the input spelt differently): finished images are neither re-read

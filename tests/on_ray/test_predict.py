@@ -11,6 +11,7 @@ import numpy as np
 import predict as predict_job
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from conftest import image_writer, write_bad_files
 from PIL import Image
@@ -141,6 +142,7 @@ def test_predict_job_on_a_labelled_folder_resumes_and_overwrites(ray_local, tmp_
     for rel, words in BAD.items():
         assert rows[rel]["status"] == "failed" and words in rows[rel]["error"], rows[rel]
     assert all(rows[rel]["status"] == "done" and rows[rel]["error"] is None for rel in GOOD)
+    assert {rows[rel]["node"] for rel in GOOD} == {ray.get_runtime_context().get_node_id()}  # who decided each row
     assert (rows["dog/rot.jpg"]["input_width"], rows["dog/rot.jpg"]["input_height"]) == (24, 48)
     assert {(rows[rel]["width"], rows[rel]["height"]) for rel in GOOD} == {(32, 32)}
 
