@@ -8,7 +8,8 @@ presets the training recipes use are cvray.classification.transforms'.)
 
 Both follow torchvision's definitions (RandomResizedCrop's sampling, ColorJitter's brightness,
 contrast, saturation and hue), so a model trained with one sees the same distribution as with the
-other. Plain PyTorch; no Ray.
+other. Plain PyTorch; no Ray. torchvision is imported by the v2 presets only (see
+cvray.classification.models: a training worker never needs it).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from cvray.classification.config import validate_names
 from cvray.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 # The lab's settings (d2l image-augmentation section).
 CROP_SCALE = (0.1, 1.0)
@@ -366,6 +370,8 @@ def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
 
 def lab_transform(name: str, crop_size: tuple[int, int] = LAB_CROP_SIZE) -> v2.Transform:
     """The lab's torchvision v2 transform for one preset (PIL images or tensors in, same type out)."""
+    from torchvision.transforms import v2
+
     (name,) = validate_names((name,))
     color = v2.ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER, hue=JITTER)
     crop = v2.RandomResizedCrop(crop_size, scale=CROP_SCALE, ratio=CROP_RATIO)
@@ -384,4 +390,6 @@ def lab_transform(name: str, crop_size: tuple[int, int] = LAB_CROP_SIZE) -> v2.T
 
 def lab_pipeline(names: Sequence[str], crop_size: tuple[int, int] = LAB_CROP_SIZE) -> v2.Transform:
     """Several lab presets composed in order, as torchvision v2 (the reference for BatchAugment)."""
+    from torchvision.transforms import v2
+
     return v2.Compose([lab_transform(name, crop_size) for name in validate_names(names)])

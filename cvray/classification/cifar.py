@@ -281,9 +281,9 @@ def _decode_chunk(blobs: list, out: np.ndarray, name_of: Callable[[int], str]) -
 
 def _decode_jpegs(blobs: list, out: np.ndarray) -> set[int]:
     """Decode the 32x32 JPEGs among blobs with the fast decoder (if any); the indices it filled."""
-    decode = _jpeg_decoder()
     jpegs = [j for j, blob in enumerate(blobs) if blob and blob[:2] == b"\xff\xd8"]
-    if decode is None or not jpegs:
+    decode = _jpeg_decoder() if jpegs else None  # no JPEGs: torchvision need not be imported
+    if decode is None:
         return set()
     try:
         decoded = decode([torch.frombuffer(bytearray(blobs[j]), dtype=torch.uint8) for j in jpegs])

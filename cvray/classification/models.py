@@ -1,5 +1,8 @@
 """Classification models by architecture name, plain PyTorch: the d2l CIFAR ResNet-18 and
 torchvision's ResNets. (VGG feature taps for style transfer live in cvray.style.vgg.)
+
+torchvision is imported only where one of its models is built: importing it costs about 3 s of
+CPU here (it pulls in torch._dynamo), in every Ray Train worker and controller of a CIFAR run.
 """
 
 from __future__ import annotations
@@ -7,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from cvray.errors import ConfigError, DataError, first_line
@@ -74,6 +76,8 @@ def xavier_init(module: nn.Module) -> None:
 
 def torchvision_resnet(arch: str, num_classes: int) -> nn.Module:
     """torchvision's ResNet `arch` (its default init) with a `num_classes`-way fc head."""
+    import torchvision
+
     return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
 
 
@@ -83,11 +87,8 @@ ARCHS: dict[str, Callable[[int], nn.Module]] = {
     **{name: (lambda n, name=name: torchvision_resnet(name, n)) for name in TORCHVISION_RESNETS},
 }
 """Architecture name -> factory(num_classes) -> model taking float (B, 3, H, W), giving logits."""
-IMAGENET_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-}
+IMAGENET_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
+"""Architecture -> its torchvision weights enum (in torchvision.models); IMAGENET1K_V1 is the lab's."""
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
@@ -132,8 +133,10 @@ def pretrained_backbone(arch: str, weights: str | None) -> nn.Module:
     if arch not in IMAGENET_WEIGHTS:
         raise ConfigError(f"--arch {arch} has no ImageNet weights; use one of {', '.join(IMAGENET_WEIGHTS)}, "
                           "--scratch, or --init-from a run")
+    import torchvision
+
     if weights is None:
-        enum = IMAGENET_WEIGHTS[arch]
+        enum = getattr(torchvision.models, IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1
         try:
             return getattr(torchvision.models, arch)(weights=enum)
         except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError

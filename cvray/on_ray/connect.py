@@ -52,6 +52,9 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterInfo:
     )
 
 
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
 def start_local(**init_kwargs) -> None:
     """ray.init a new one-machine Ray that listens on 127.0.0.1 only and whose own processes know
     its address.
@@ -63,9 +66,13 @@ def start_local(**init_kwargs) -> None:
     processes are started (they inherit them), then restored in this process.
     Ray turns token auth on for a new local Ray and logs a WARNING saying so on every run, a line
     the user can do nothing about: that one logger is muted while Ray starts (auth stays on).
+    A one-machine Ray has no node to preempt: Ray Train's preemption watcher (one more actor
+    process per worker group, ~2 s of CPU to start) stays off for the fits of this process, unless
+    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER is set (Ray Train hands the variable to its controller).
     """
     import ray
 
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     port = free_port()
     env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
     saved = {name: os.environ.get(name) for name in env}

@@ -49,6 +49,11 @@ def test_train_resume_report_and_refuse_changed_hyperparameters(ray_local, tiny_
     assert Image.open(run / "curves.png").size[0] > 300
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["devices"] == ["cpu", "cpu"]
+    # A one-machine Ray started by cvray has no node to preempt: no watcher actor was started.
+    import ray
+
+    started = {a["ActorClassName"] for a in ray._private.state.actors().values()}
+    assert "TrainController" in started and "PreemptionWatcher" not in started, started
 
     # The saved model is the one that produced the last epoch's test accuracy.
     model, info = load_model(str(run))
@@ -156,56 +161,36 @@ def test_help_documents_every_flag():
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_cifar, tmp_path, capsys):
-    """SIGKILL a training worker after epoch 1: FailureConfig restarts it from the checkpoint and
-    the run ends with exactly one metrics row per epoch."""
-    import signal
-    import threading
-    import time
-
-    from ray.util.state import list_actors
-
-    run = tmp_path / "ft"
-    args = job_args(tiny_cifar, tmp_path, "--name", "ft", "--num-workers", "1", "--epochs", "3", "--max-failures", "1")
-    codes = []
-    thread = threading.Thread(target=lambda: codes.append(job(args)))
-    thread.start()
-    deadline = time.time() + 180
-    while not read_metrics(str(run)) and time.time() < deadline:
-        time.sleep(0.5)
-    assert read_metrics(str(run)), "epoch 1 never finished"
-    # The session's Ray by its address: without one, the state API picks the latest cluster started
-    # on this machine, which may be another test's.
-    workers = list_actors(address=ray_local, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    assert len(workers) == 1
-    os.kill(workers[0].pid, signal.SIGKILL)  # a worker process found through Ray's state API
-    thread.join(timeout=300)
-    assert codes == [0]
-    rows = read_metrics(str(run))
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
-
-
-@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(ray_local, tiny_cifar, tmp_path):
     """SIGINT (Ctrl-C) during training: exit code 130, one line naming the last finished epoch,
     a run folder holding exactly those epochs plus a checkpoint to resume from, and each finished
     epoch's line once on the console. The job's
     own Ray runs next to the test session's, and no traceback may come from either (Ray Train's
-    placement-group cleaner used to fail on "multiple active Ray instances")."""
+    placement-group cleaner used to fail on "multiple active Ray instances").
+
+    The console is a pipe, not a terminal, so the same run shows what a user sees there: the
+    worker's epoch lines arrive bare (no "(RayTrainWorker pid=...)" prefix, no colour codes), and
+    Ray's token-auth WARNING is gone (one job run for both: each costs a Ray start and a fit)."""
     import signal
     import time
 
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_COLOR_PREFIX", "RAY_DISABLE_WORKER_LOG_PREFIX")}
+    env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, os.path.join(REPO, "jobs", "train_cifar.py"), *job_args(tiny_cifar, tmp_path),
             "--name", "ctrlc", "--epochs", "100", "--cpus-per-worker", "1"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     run = tmp_path / "ctrlc"
     try:
+        # Epoch 1's row and its checkpoint (rank 0 writes the row, then Ray Train copies the
+        # checkpoint, ~130 MB of model and Adam state: an interrupt in between has nothing to resume).
+        def checkpointed() -> bool:
+            return bool(read_metrics(str(run))) and any(p.name.startswith("checkpoint_") for p in run.iterdir())
+
         deadline = time.time() + 240
-        while not read_metrics(str(run)) and time.time() < deadline and proc.poll() is None:
+        while not checkpointed() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
-        assert read_metrics(str(run)), "epoch 1 never finished"
+        assert checkpointed(), "epoch 1 never finished"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -223,8 +208,13 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(ray_local, tiny_cifar, tmp_
     # The worker's epoch lines reach the job's console once each (logged, not printed twice); the
     # line of the epoch the interrupt followed may still have been in flight.
     for epoch in done:
-        shown = sum(f"epoch {epoch}/100: loss " in line for line in out.splitlines())
+        shown = sum(line.startswith(f"epoch {epoch}/100: loss ") for line in out.splitlines())
         assert shown == 1 or (epoch == done[-1] and shown == 0), out
+    assert not any(f"epoch {epoch}/100: loss" in line and not line.startswith("epoch ")
+                   for line in out.splitlines() for epoch in done), out  # bare, at the start of the line
+    console = out + err
+    assert "\x1b[" not in console and "pid=" not in console, console
+    assert "Token authentication" not in console, console
 
 
 @pytest.mark.parametrize(
