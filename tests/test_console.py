@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from cvray.console import configure_logging, epoch_line, lab_lines, progress_line
 
@@ -42,24 +37,3 @@ def test_library_lines_go_to_stdout_warnings_to_stderr_once(capsys):
     log.debug("hidden")
     out, err = capsys.readouterr()
     assert out == "resuming run x\n" and err == "careful\n"
-
-
-@pytest.mark.slow
-def test_a_local_job_prints_no_ray_noise_when_not_a_terminal(tiny_cifar, tmp_path):
-    """A real job on its own local Ray, stdout a pipe: the worker's epoch line arrives bare (no
-    "(RayTrainWorker pid=...)" prefix, no colour codes), and Ray's token-auth WARNING is gone."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_COLOR_PREFIX", "RAY_DISABLE_WORKER_LOG_PREFIX")}
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "jobs" / "train_cifar.py"), "--data-dir", str(tiny_cifar),
-         "--storage-path", str(tmp_path), "--name", "quiet", "--no-gpu", "--train-samples", "64",
-         "--test-samples", "32", "--epochs", "1", "--batch-size", "32", "--num-workers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env, timeout=600,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out[-2000:]
-    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch 1/1: loss")]
-    assert len(epoch_lines) == 1, out  # bare, at the start of its line, once
-    assert "\x1b[" not in out
-    assert "pid=" not in out
-    assert "Token authentication" not in out

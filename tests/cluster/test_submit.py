@@ -128,11 +128,17 @@ def _wait_until(predicate, timeout_s: float = 600) -> None:
         time.sleep(1)
 
 
+def _finished_trials(sweep) -> dict[str, float]:
+    """trial folder -> mtime of its metrics.parquet, for the sweep's trials whose summary.json is written."""
+    return {p.parent.name: (p.parent / "metrics.parquet").stat().st_mtime
+            for p in (sweep / "runs").glob("trial-*/summary.json")}
+
+
 @pytest.mark.heavy
 def test_ray_job_stop_then_the_same_submission_resumes(token_cluster, tmp_path):
-    """`ray job stop` of a training job after its first epoch and of a bulk job after its first image;
-    the same submission again finishes each: every epoch once, every image once, the finished ones
-    skipped."""
+    """`ray job stop` of a training job after its first epoch, of a bulk job after its first image
+    and of a sweep after its first trial; the same submission again finishes each: every epoch
+    once, every image once, every trial once, the finished ones skipped."""
     import pyarrow.parquet as pq
 
     from cvray.classification.runs import read_metrics
@@ -151,18 +157,35 @@ def test_ray_job_stop_then_the_same_submission_resumes(token_cluster, tmp_path):
     bulk = ("stylize_folder.py", "--input", tmp_path / "photos" / "in", "--output", runs / "stopped-styled",
             "--style", tmp_path / "photos" / "style.png", "--size", "40", "--iterations", "40", "--num-actors", "1",
             "--cpus-per-actor", "1", "--weights", "random", "--precision", "fp32", "--no-gpu")
-    first = {"train": _submit(token_cluster, "train", *train), "bulk": _submit(token_cluster, "bulk", *bulk)}
+    # One trial at a time, two epochs each: the first trial finishes while the second has work left.
+    sweep_dir = runs / "stopped-sweep"
+    sweep = ("sweep_train.py", "--job", "cifar", "--data-dir", tmp_path / "cifar", "--no-gpu", "--epochs", "2",
+             "--batch-size", "16", "--train-samples", "64", "--test-samples", "16", "--cpus-per-worker", "1",
+             "--precision", "fp32", "--param", "lr=1e-3|3e-3", "--max-concurrent", "1", "--no-early-stop",
+             "--storage-path", runs, "--name", sweep_dir.name)
+    jobs = {"train": train, "bulk": bulk, "sweep": sweep}
+    first = {name: _submit(token_cluster, name, *args) for name, args in jobs.items()}
     _wait_until(lambda: len(read_metrics(str(runs / "stopped-cifar"))) >= 1)
     _stop(token_cluster, first["train"])
     _wait_until(lambda: any((runs / "stopped-styled" / "_cvray").rglob("*.parquet")))
     _stop(token_cluster, first["bulk"])
+    _wait_until(lambda: (sweep_dir / "runs").is_dir() and _finished_trials(sweep_dir))
+    _stop(token_cluster, first["sweep"])
     status = _wait(token_cluster, list(first.values()))
+    assert set(status.values()) == {"STOPPED"}, status
     stopped_at = len(read_metrics(str(runs / "stopped-cifar")))
-    assert stopped_at < 3 and status[first["train"]] == "STOPPED", (stopped_at, status)
+    assert stopped_at < 3, stopped_at
+    kept = _finished_trials(sweep_dir)
+    assert len(kept) == 1, kept
 
-    again = {"train": _submit(token_cluster, "train", *train), "bulk": _submit(token_cluster, "bulk", *bulk)}
+    again = {name: _submit(token_cluster, name, *args) for name, args in jobs.items()}
     status = _wait(token_cluster, list(again.values()))
     assert set(status.values()) == {"SUCCEEDED"}, {k: _logs(token_cluster, v)[-2000:] for k, v in again.items()}
+    assert "resuming sweep" in _logs(token_cluster, again["sweep"])
+    trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"finished"}, trials
+    assert all(t["epochs"] == 2 for t in trials), trials
+    assert {t: m for t, m in _finished_trials(sweep_dir).items() if t in kept} == kept  # the finished trial untouched
     assert "resum" in _logs(token_cluster, again["train"])
     assert [m["epoch"] for m in read_metrics(str(runs / "stopped-cifar"))] == [1, 2, 3]
     bulk_log = _logs(token_cluster, again["bulk"])
