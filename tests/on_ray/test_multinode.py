@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +144,13 @@ def style_image(tmp_path_factory):
     return path
 
 
+BUCKET = f"multinode-{uuid.uuid4().hex[:8]}"
+"""This module's own bucket: moto keeps every server's objects in one store per process, so another
+test's bucket of the same name (test_bulk's "photos") would hold its files and manifest."""
+
+
 def moto_server():
-    """moto's S3 emulator on 127.0.0.1 (a free port) with a bucket "photos"; (server, client, port)."""
+    """moto's S3 emulator on 127.0.0.1 (a free port) with the bucket BUCKET; (server, client, port)."""
     server_mod = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -152,7 +158,7 @@ def moto_server():
     port = server.get_host_and_port()[1]
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
-    client.create_bucket(Bucket="photos")
+    client.create_bucket(Bucket=BUCKET)
     return server, client, port
 
 
@@ -162,7 +168,7 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "A
 
 
 def s3_uri(port: int, key: str) -> str:
-    return f"s3://photos/{key}?endpoint_override=127.0.0.1:{port}&scheme=http"
+    return f"s3://{BUCKET}/{key}?endpoint_override=127.0.0.1:{port}&scheme=http"
 
 
 # ------------------------------------------------------------------ the tests
@@ -180,13 +186,13 @@ def test_bulk_stylisation_on_s3_spreads_over_both_nodes_and_outlives_the_store_r
     try:
         rels = write_images(tmp_path / "in", 12)  # enough work that the store's restart falls inside the run
         for rel in rels:
-            client.put_object(Bucket="photos", Key=f"in/{rel}", Body=(tmp_path / "in" / rel).read_bytes())
+            client.put_object(Bucket=BUCKET, Key=f"in/{rel}", Body=(tmp_path / "in" / rel).read_bytes())
         argv = ["--input", s3_uri(port, "in"), "--output", s3_uri(port, "out"), "--style", style_image,
                 *STYLE_FAST, "--iterations", "10", "--batch-size", "1"]
         log = tmp_path / "job.log"
 
         def images_out() -> set[str]:
-            listing = client.list_objects_v2(Bucket="photos", Prefix="out/").get("Contents", [])
+            listing = client.list_objects_v2(Bucket=BUCKET, Prefix="out/").get("Contents", [])
             return {o["Key"][4:] for o in listing if not o["Key"].startswith("out/_cvray/")}
 
         proc = start_job("stylize_folder.py", argv, spread_cluster, log, S3_ENV)
@@ -209,12 +215,12 @@ def test_bulk_stylisation_on_s3_spreads_over_both_nodes_and_outlives_the_store_r
             assert code == 0, console
         assert "failed 0," in console
         assert images_out() == set(rels)
-        manifest = client.get_object(Bucket="photos", Key="out/_cvray/manifest.parquet")["Body"].read()
+        manifest = client.get_object(Bucket=BUCKET, Key="out/_cvray/manifest.parquet")["Body"].read()
         rows = manifest_rows(io.BytesIO(manifest))
         assert sorted(rows) == sorted(rels) and {r["status"] for r in rows.values()} == {"done"}
         assert len({r["node"] for r in rows.values()}) == 2, rows  # both nodes' actors stylised
         for rel in rows:  # every recorded object is there, whole
-            with Image.open(io.BytesIO(client.get_object(Bucket="photos", Key=f"out/{rel}")["Body"].read())) as img:
+            with Image.open(io.BytesIO(client.get_object(Bucket=BUCKET, Key=f"out/{rel}")["Body"].read())) as img:
                 img.load()
                 assert img.size == (48, 40)
     finally:
