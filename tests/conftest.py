@@ -125,6 +125,13 @@ def write_labelled_folder(root: Path, per_class: dict[str, int], seed: int = 0) 
     (root / "test" / "bright" / "notes.txt").write_text("not an image")
 
 
+def finished_trials(sweep: Path) -> dict[str, float]:
+    """A training sweep's finished trials: trial folder -> mtime of its metrics.parquet, for the
+    trials whose summary.json is written (the sweep-resume tests check these stay untouched)."""
+    return {p.parent.name: (p.parent / "metrics.parquet").stat().st_mtime
+            for p in (sweep / "runs").glob("trial-*/summary.json")}
+
+
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     """A labelled image folder: 2 classes x (32 train, 16 test) images of mixed sizes and modes,

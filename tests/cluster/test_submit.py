@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from conftest import REPO_ROOT, image_writer, write_labelled_folder, write_parquet_split
+from conftest import REPO_ROOT, finished_trials, image_writer, write_labelled_folder, write_parquet_split
 from local_cluster import all_pids, cmdline, session_members
 
 pytestmark = pytest.mark.slow
@@ -128,12 +128,6 @@ def _wait_until(predicate, timeout_s: float = 600) -> None:
         time.sleep(1)
 
 
-def _finished_trials(sweep) -> dict[str, float]:
-    """trial folder -> mtime of its metrics.parquet, for the sweep's trials whose summary.json is written."""
-    return {p.parent.name: (p.parent / "metrics.parquet").stat().st_mtime
-            for p in (sweep / "runs").glob("trial-*/summary.json")}
-
-
 @pytest.mark.heavy
 def test_ray_job_stop_then_the_same_submission_resumes(token_cluster, tmp_path):
     """`ray job stop` of a training job after its first epoch, of a bulk job after its first image
@@ -169,13 +163,13 @@ def test_ray_job_stop_then_the_same_submission_resumes(token_cluster, tmp_path):
     _stop(token_cluster, first["train"])
     _wait_until(lambda: any((runs / "stopped-styled" / "_cvray").rglob("*.parquet")))
     _stop(token_cluster, first["bulk"])
-    _wait_until(lambda: (sweep_dir / "runs").is_dir() and _finished_trials(sweep_dir))
+    _wait_until(lambda: (sweep_dir / "runs").is_dir() and finished_trials(sweep_dir))
     _stop(token_cluster, first["sweep"])
     status = _wait(token_cluster, list(first.values()))
     assert set(status.values()) == {"STOPPED"}, status
     stopped_at = len(read_metrics(str(runs / "stopped-cifar")))
     assert stopped_at < 3, stopped_at
-    kept = _finished_trials(sweep_dir)
+    kept = finished_trials(sweep_dir)
     assert len(kept) == 1, kept
 
     again = {name: _submit(token_cluster, name, *args) for name, args in jobs.items()}
@@ -185,7 +179,7 @@ def test_ray_job_stop_then_the_same_submission_resumes(token_cluster, tmp_path):
     trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
     assert len(trials) == 2 and {t["status"] for t in trials} == {"finished"}, trials
     assert all(t["epochs"] == 2 for t in trials), trials
-    assert {t: m for t, m in _finished_trials(sweep_dir).items() if t in kept} == kept  # the finished trial untouched
+    assert {t: m for t, m in finished_trials(sweep_dir).items() if t in kept} == kept  # the finished trial untouched
     assert "resum" in _logs(token_cluster, again["train"])
     assert [m["epoch"] for m in read_metrics(str(runs / "stopped-cifar"))] == [1, 2, 3]
     bulk_log = _logs(token_cluster, again["bulk"])

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import finished_trials
 from test_multinode import cluster_processes, follow, run_job, start_job, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
-
-
-def finished_trials(sweep: Path) -> dict[str, float]:
-    """trial folder -> mtime of its metrics.parquet, for trials whose summary.json is written."""
-    return {p.parent.name: (p.parent / "metrics.parquet").stat().st_mtime
-            for p in (sweep / "runs").glob("trial-*/summary.json")}
 
 
 def test_a_killed_sweep_driver_resumes_keeping_finished_trials(spread_cluster, tmp_path, tiny_cifar):
